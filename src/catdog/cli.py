@@ -1,0 +1,181 @@
+"""The packaged command line: ``catdog SUBCOMMAND [options]``. It parses arguments, builds a
+typed config and calls the stage's ``train``; bad input becomes one ``error:`` line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .config import LOSS_TERMS, VAE_PRESETS, VAETrainConfig, from_dict, merge, to_dict, vae_preset
+from .errors import CatdogError
+
+DEFAULTS = VAETrainConfig()
+TERM_HELP = {
+    "kl": "KL divergence to N(0, I)",
+    "vgg": "VGG16 perceptual loss",
+    "adv": "hinge adversarial loss from the patch discriminator",
+    "cls": "latent classifier cross-entropy",
+    "center": "center loss toward per-class latent centers",
+}
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """Register ``--a-b`` and its underscore spelling ``--a_b`` (the original script's style)."""
+    names = [f"--{name}"]
+    if "-" in name:
+        names.append(f"--{name.replace('-', '_')}")
+    parser.add_argument(*names, default=None, **kwargs)
+
+
+def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
+    """Every VAE training flag. Unset flags keep the preset's value (shown as the default)."""
+    d, m = DEFAULTS.data, DEFAULTS.model
+    parser.add_argument(
+        "--preset", choices=sorted(VAE_PRESETS), default="cpu", help="named config preset (default: cpu)"
+    )
+    g = parser.add_argument_group("data")
+    _flag(g, "data-dir", help=f"STL-10 root or a folder with cat/ and dog/ (default: {d.data_dir})")
+    _flag(g, "dataset", choices=["auto", "stl10", "folder"], help=f"data source (default: {d.dataset})")
+    _flag(g, "train-split", help=f"split to train on, e.g. train, train+unlabeled (default: {d.train_split})")
+    _flag(g, "val-split", help=f"held-out split for PSNR and probe tracking (default: {d.val_split})")
+    _flag(g, "val-limit", type=int, help=f"balanced subset size of the held-out split, 0 = all (default: {d.val_limit})")
+    _flag(g, "image-size", type=int, help=f"training resolution in pixels (default: {d.image_size})")
+    _flag(g, "color-jitter", type=float, help=f"colour jitter strength, 0 = off (default: {d.color_jitter})")
+    g.add_argument("--no-hflip", action="store_true", help="turn off horizontal-flip augmentation")
+    g.add_argument("--no-download", action="store_true", help="never download STL-10")
+
+    g = parser.add_argument_group("model")
+    _flag(g, "channels", help=f"comma-separated widths per resolution (default: {','.join(map(str, m.channels))})")
+    _flag(g, "latent-channels", type=int, help=f"latent channels (default: {m.latent_channels})")
+    _flag(g, "blocks-per-level", type=int, help=f"residual blocks per resolution (default: {m.blocks_per_level})")
+
+    g = parser.add_argument_group("optimisation")
+    _flag(g, "epochs", type=int, help=f"total epochs (default: {DEFAULTS.epochs})")
+    _flag(g, "batch-size", type=int, help=f"batch size (default: {DEFAULTS.batch_size})")
+    _flag(g, "lr", type=float, help=f"peak learning rate of the VAE (default: {DEFAULTS.lr})")
+    _flag(g, "disc-lr", type=float, help=f"discriminator learning rate (default: {DEFAULTS.disc_lr})")
+    _flag(g, "lr-schedule", choices=["cosine", "constant"], help=f"learning-rate schedule after warm-up (default: {DEFAULTS.lr_schedule})")
+    _flag(g, "seed", type=int, help=f"random seed (default: {DEFAULTS.seed})")
+
+    g = parser.add_argument_group(
+        "loss schedule", "each term: weight, switch-on epoch, and linear ramp length in epochs"
+    )
+    for term in LOSS_TERMS:
+        t = getattr(DEFAULTS.losses, term)
+        _flag(g, f"lambda-{term}", type=float, help=f"weight of the {TERM_HELP[term]} (default: {t.weight})")
+        _flag(g, f"{term}-start", type=float, help=f"epoch the {term} term switches on (default: {t.start})")
+        _flag(g, f"{term}-ramp", type=float, help=f"epochs to ramp the {term} weight up (default: {t.ramp})")
+
+    g = parser.add_argument_group("run")
+    _flag(g, "save-dir", help=f"run folder for checkpoints, metrics and pictures (default: {DEFAULTS.save_dir})")
+    _flag(g, "vgg-weights", help="local torchvision vgg16().features state dict (else $CATDOG_VGG_WEIGHTS, else download)")
+    _flag(g, "eval-every", type=int, help=f"epochs between held-out evaluations (default: {DEFAULTS.eval_every})")
+    _flag(g, "viz-every", type=int, help=f"epochs between reconstruction grids and t-SNE plots (default: {DEFAULTS.viz_every})")
+    _flag(g, "checkpoint-every", type=int, help=f"epochs between resumable checkpoints (default: {DEFAULTS.checkpoint_every})")
+    _flag(g, "max-minutes", type=float, help="stop resumably after this many minutes (default: no limit)")
+    _flag(g, "stop-at-epoch", type=int, help="stop resumably after this epoch (default: run to --epochs)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --save-dir exactly where it stopped")
+    g.add_argument("--no-vgg-cache", action="store_true", help="recompute VGG features of targets every step")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def vae_config_from_args(args: argparse.Namespace) -> VAETrainConfig:
+    """The preset, overridden by every flag the user set."""
+    base = to_dict(vae_preset(args.preset))
+    o: dict[str, Any] = {"data": {}, "model": {}, "losses": {t: {} for t in LOSS_TERMS}}
+    for key in ("data_dir", "dataset", "train_split", "val_split", "val_limit", "color_jitter"):
+        if getattr(args, key) is not None:
+            o["data"][key] = getattr(args, key)
+    if args.image_size is not None:
+        o["data"]["image_size"] = o["model"]["image_size"] = args.image_size
+    if args.no_hflip:
+        o["data"]["hflip"] = False
+    if args.no_download:
+        o["data"]["download"] = False
+    if args.channels is not None:
+        try:
+            o["model"]["channels"] = tuple(int(c) for c in args.channels.split(","))
+        except ValueError:
+            raise CatdogError(f"--channels must be comma-separated integers, got {args.channels!r}") from None
+    for key in ("latent_channels", "blocks_per_level"):
+        if getattr(args, key) is not None:
+            o["model"][key] = getattr(args, key)
+    for key in (
+        "epochs", "batch_size", "lr", "disc_lr", "lr_schedule", "seed", "save_dir", "vgg_weights",
+        "eval_every", "viz_every", "checkpoint_every", "max_minutes", "stop_at_epoch",
+    ):  # fmt: skip
+        if getattr(args, key) is not None:
+            o[key] = getattr(args, key)
+    for term in LOSS_TERMS:
+        for suffix, field in (("lambda_{}", "weight"), ("{}_start", "start"), ("{}_ramp", "ramp")):
+            value = getattr(args, suffix.format(term))
+            if value is not None:
+                o["losses"][term][field] = value
+    if args.no_vgg_cache:
+        o["cache_vgg_targets"] = False
+    o["progress"] = not args.no_progress
+    cfg = from_dict(VAETrainConfig, merge(base, o))
+    _check_vae_config(cfg)
+    return cfg
+
+
+def _check_vae_config(cfg: VAETrainConfig) -> None:
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
+                "viz_every": cfg.viz_every, "checkpoint_every": cfg.checkpoint_every}  # fmt: skip
+    for name, value in positive.items():
+        if value <= 0:
+            raise CatdogError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if cfg.lr <= 0:
+        raise CatdogError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.model.image_size % 2 ** (len(cfg.model.channels) - 1):
+        raise CatdogError(
+            f"image size {cfg.model.image_size} is not divisible by the VAE's downsampling "
+            f"factor {2 ** (len(cfg.model.channels) - 1)}"
+        )
+
+
+def cmd_train_vae(args: argparse.Namespace) -> None:
+    from .train_vae import train
+
+    cfg = vae_config_from_args(args)
+    record = train(cfg, resume=args.resume)
+    print(f"VAE run in {cfg.save_dir}: " + ", ".join(
+        f"{k}={record[k]:.4g}" for k in ("epoch", "val_psnr", "probe_acc") if k in record
+    ))  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="catdog", description="Class-conditional latent diffusion for 48x48 cats and dogs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("train-vae", help="train the VAE stage", description="Train the VAE stage.")
+    add_vae_train_args(p)
+    p.set_defaults(func=cmd_train_vae)
+    return parser
+
+
+def run(func: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Run a command, turning CatdogError into one line on stderr (exit 2)."""
+    warnings.simplefilter("default")
+    try:
+        func(args)
+    except CatdogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue a training run with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

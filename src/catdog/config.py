@@ -1,0 +1,196 @@
+"""Typed configuration for every knob, named presets, and dict round-trips.
+
+Configs are plain dataclasses passed down explicitly (no globals). The resolved config is
+written into the run folder and into every checkpoint, so a checkpoint describes itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+LOSS_TERMS: tuple[str, ...] = ("kl", "vgg", "adv", "cls", "center")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared."""
+
+    dataset: str = "auto"  # "auto" | "stl10" | "folder"; auto picks folder if cat/ dog/ exist
+    data_dir: str = "./data"
+    train_split: str = "train"  # stl10: train | test | train+test | unlabeled | train+unlabeled
+    val_split: str = "test"  # held-out split for PSNR / probe tracking (never trained on)
+    val_limit: int = 400  # balanced subset of the held-out split used for tracking; 0 = all
+    image_size: int = 48  # 96 -> 48 with antialiasing
+    hflip: bool = True
+    color_jitter: float = 0.0  # 0 = off; else max relative change of brightness/contrast/saturation
+    download: bool = True  # let torchvision download STL-10 when it is missing
+
+
+@dataclass
+class VAEConfig:
+    """Shape of the VAE. The latent is a 2D map: latent_channels x latent_size x latent_size."""
+
+    image_size: int = 48
+    in_channels: int = 3
+    channels: tuple[int, ...] = (32, 64, 128)  # width per resolution; len-1 downsamplings
+    blocks_per_level: int = 1
+    latent_channels: int = 4
+    norm_groups: int = 8
+    attention: bool = True  # channel + spatial attention inside residual blocks
+    num_classes: int = 2
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 2 ** (len(self.channels) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.latent_channels, self.latent_size, self.latent_size)
+
+
+@dataclass
+class DiscriminatorConfig:
+    """A small patch discriminator (PatchGAN-style, spectral norm)."""
+
+    channels: tuple[int, ...] = (32, 64, 128)
+
+
+@dataclass
+class LossTerm:
+    """One loss term of the progressive schedule.
+
+    The weight is 0 before ``start`` (in epochs, fractional allowed), ramps linearly to ``weight``
+    over ``ramp`` epochs, and stays there.
+    """
+
+    weight: float = 0.0
+    start: float = 0.0
+    ramp: float = 0.0
+
+    def weight_at(self, epoch: float) -> float:
+        if self.weight == 0.0 or epoch < self.start:
+            return 0.0
+        if self.ramp <= 0:
+            return self.weight
+        return self.weight * min(1.0, (epoch - self.start) / self.ramp)
+
+
+@dataclass
+class LossSchedule:
+    """Weights and switch-on times of every VAE loss term. Reconstruction (L1) always has weight 1."""
+
+    kl: LossTerm = field(default_factory=lambda: LossTerm(1e-5, 0.0, 10.0))  # KL warm-up
+    vgg: LossTerm = field(default_factory=lambda: LossTerm(0.8, 0.0, 0.0))
+    adv: LossTerm = field(default_factory=lambda: LossTerm(0.05, 40.0, 10.0))
+    cls: LossTerm = field(default_factory=lambda: LossTerm(0.01, 5.0, 5.0))
+    center: LossTerm = field(default_factory=lambda: LossTerm(0.01, 10.0, 5.0))
+
+    def weights_at(self, epoch: float) -> dict[str, float]:
+        return {name: getattr(self, name).weight_at(epoch) for name in LOSS_TERMS}
+
+    def ever_on(self, name: str) -> bool:
+        return getattr(self, name).weight > 0
+
+
+@dataclass
+class VAETrainConfig:
+    """Everything one VAE training run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: VAEConfig = field(default_factory=VAEConfig)
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    losses: LossSchedule = field(default_factory=LossSchedule)
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    disc_lr: float = 2e-4
+    lr_warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # "cosine" (to 10% of lr) | "constant"
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_dir: str = "./results"
+    eval_every: int = 1  # epochs between held-out PSNR / probe evaluations
+    viz_every: int = 10  # epochs between reconstruction grids and t-SNE plots
+    checkpoint_every: int = 1  # epochs between resumable checkpoints
+    vgg_weights: str | None = None  # local torchvision vgg16().features state dict
+    cache_vgg_targets: bool = True  # cache VGG features of (flip-augmented) targets
+    max_minutes: float | None = None  # stop (resumably) after this much wall-clock time
+    stop_at_epoch: int | None = None  # stop (resumably) after this epoch
+    progress: bool = True
+
+
+VAE_PRESETS: dict[str, dict[str, Any]] = {
+    # A few thousand parameters: for tests and smoke runs (16 px images).
+    "tiny": {
+        "data": {"image_size": 16, "val_limit": 16},
+        "model": {"image_size": 16, "channels": (8, 16), "latent_channels": 2, "norm_groups": 4},
+        "disc": {"channels": (8, 16)},
+        "batch_size": 8,
+        "viz_every": 1,
+    },
+    # The default: sized for a 2-core CPU at 48 px (see docs/design.md for the measurements).
+    "cpu": {},
+    # Wider, for a GPU.
+    "gpu": {
+        "model": {"channels": (64, 128, 256), "blocks_per_level": 2},
+        "disc": {"channels": (64, 128, 256)},
+        "batch_size": 64,
+    },
+}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a (nested) config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a (nested) config dataclass from a dict; unknown keys are an error."""
+    kwargs: dict[str, Any] = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key, value in data.items():
+        if key not in fields:
+            raise ValueError(f"unknown config key {key!r} for {cls.__name__}")
+        ftype = fields[key].type
+        sub = _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def vae_preset(name: str) -> VAETrainConfig:
+    """The named VAE training preset as a config."""
+    if name not in VAE_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(VAE_PRESETS)}")
+    return from_dict(VAETrainConfig, merge(to_dict(VAETrainConfig()), VAE_PRESETS[name]))
+
+
+_DATACLASSES: dict[str, type] = {
+    c.__name__: c
+    for c in (
+        DataConfig,
+        VAEConfig,
+        DiscriminatorConfig,
+        LossTerm,
+        LossSchedule,
+        VAETrainConfig,
+    )
+}

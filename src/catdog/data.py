@@ -1,0 +1,235 @@
+"""Cat/dog images: STL-10 (through torchvision) or any folder with cat/ and dog/ subfolders.
+
+Images are decoded once, resized 96 -> ``image_size`` with antialiasing, and held in memory as a
+uint8 tensor (the cat/dog splits are small), so training never decodes a file twice. Labels are
+0 = cat, 1 = dog, and -1 for unlabeled images (STL-10's ``unlabeled`` split).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from torchvision.transforms.v2 import functional as TF
+
+from . import CLASS_NAMES
+from .config import DataConfig
+from .errors import CatdogError
+
+STL10_CLASS_IDS = {"cat": 3, "dog": 5}  # torchvision's 0-based STL-10 labels
+STL10_SPLITS = ("train", "test", "train+test", "unlabeled", "train+unlabeled")
+
+
+@dataclass
+class ImageSet:
+    """A split held in memory."""
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    labels: torch.Tensor  # (N,) int64; 0 = cat, 1 = dog, -1 = unlabeled
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index], self.source)
+
+
+class STL10Files(torchvision.datasets.STL10):
+    """torchvision's STL-10 reader, checking that the split's files exist instead of re-hashing
+    all 2.6 GB on every load (the archive's md5 is verified by torchvision when it downloads)."""
+
+    def _check_integrity(self) -> bool:
+        needed = {
+            "train": ["train_X.bin", "train_y.bin"],
+            "test": ["test_X.bin", "test_y.bin"],
+            "unlabeled": ["unlabeled_X.bin"],
+            "train+unlabeled": ["train_X.bin", "train_y.bin", "unlabeled_X.bin"],
+        }[self.split]
+        folder = Path(self.root, self.base_folder)
+        return all((folder / name).is_file() for name in needed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased resize of uint8 images (N, 3, H, W) to (N, 3, size, size)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return TF.resize(images, [size, size], antialias=True)
+
+
+def resolve_kind(cfg: DataConfig) -> str:
+    """'folder' or 'stl10', checking that the data directory makes sense for it."""
+    root = Path(cfg.data_dir)
+    if cfg.dataset not in ("auto", "folder", "stl10"):
+        raise CatdogError(f"unknown dataset {cfg.dataset!r}; choose auto, folder or stl10")
+    if cfg.dataset == "stl10":
+        return "stl10"
+    if not root.is_dir():
+        raise CatdogError(
+            f"data directory not found: {root} (point --data-dir at a folder with cat/ and dog/ "
+            "subfolders, or use --dataset stl10 to download STL-10 into it)"
+        )
+    if _has_class_dirs(root) or any(_has_class_dirs(p) for p in root.iterdir() if p.is_dir()):
+        return "folder"
+    if cfg.dataset == "auto" and (root / STL10Files.base_folder).is_dir():
+        return "stl10"
+    raise CatdogError(
+        f"{root} has no cat/ and dog/ subfolders (nor {STL10Files.base_folder}/ of STL-10); "
+        "give a folder laid out as cat/*.png and dog/*.png, or SPLIT/cat and SPLIT/dog"
+    )
+
+
+def load_split(cfg: DataConfig, split: str) -> ImageSet:
+    """Load one split (``train``, ``test``, ``train+test``, ...) at ``cfg.image_size``."""
+    kind = resolve_kind(cfg)
+    if "+" in split:
+        parts = [load_split(cfg, s) for s in split.split("+")]
+        return ImageSet(
+            torch.cat([p.images for p in parts]),
+            torch.cat([p.labels for p in parts]),
+            " + ".join(p.source for p in parts),
+        )
+    if kind == "stl10":
+        return load_stl10(cfg.data_dir, split, cfg.image_size, download=cfg.download)
+    return load_folder(cfg.data_dir, split, cfg.image_size)
+
+
+def _has_class_dirs(path: Path) -> bool:
+    return all((path / name).is_dir() for name in CLASS_NAMES)
+
+
+def load_folder(data_dir: str | os.PathLike, split: str, image_size: int) -> ImageSet:
+    """Images from DIR/SPLIT/{cat,dog}/ or, for a flat DIR/{cat,dog}/, a fixed 90/10 split:
+    every 10th image of each class (in sorted order) is ``test``, the rest ``train``."""
+    root = Path(data_dir)
+    if (root / split).is_dir() and _has_class_dirs(root / split):
+        folder, flat = root / split, False
+    elif _has_class_dirs(root):
+        if split not in ("train", "test"):
+            raise CatdogError(f"a flat cat/ dog/ folder has splits train and test, not {split!r}")
+        folder, flat = root, True
+    else:
+        raise CatdogError(f"{root} has no {split}/cat and {split}/dog (nor cat/ and dog/) folders")
+    samples = make_dataset(
+        str(folder), {name: i for i, name in enumerate(CLASS_NAMES)}, extensions=IMG_EXTENSIONS
+    )
+    if flat:
+        keep = []
+        for label in range(len(CLASS_NAMES)):
+            of_class = [s for s in samples if s[1] == label]
+            keep += [s for i, s in enumerate(of_class) if (i % 10 == 0) == (split == "test")]
+        samples = keep
+    images, labels = [], []
+    for path, label in samples:
+        try:
+            with Image.open(path) as im:
+                array = np.asarray(im.convert("RGB"))
+        except (OSError, ValueError) as exc:  # truncated / not an image: skip, naming the file
+            warnings.warn(f"skipping unreadable image {path}: {exc}", stacklevel=2)
+            continue
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W) uint8
+        images.append(resize(tensor[None], image_size)[0])
+        labels.append(label)
+    counts = [labels.count(i) for i in range(len(CLASS_NAMES))]
+    if min(counts) == 0:
+        missing = [CLASS_NAMES[i] for i, c in enumerate(counts) if c == 0]
+        raise CatdogError(f"no readable images for {', '.join(missing)} in {folder}")
+    return ImageSet(
+        torch.stack(images), torch.tensor(labels, dtype=torch.long), f"folder {folder} [{split}]"
+    )
+
+
+def load_stl10(
+    data_dir: str | os.PathLike, split: str, image_size: int, *, download: bool = True
+) -> ImageSet:
+    """STL-10's cat and dog images (labels remapped to 0 = cat, 1 = dog) through torchvision.
+
+    ``unlabeled`` keeps every image, with label -1.
+    """
+    if split not in STL10_SPLITS:
+        raise CatdogError(f"unknown STL-10 split {split!r}; choose from {', '.join(STL10_SPLITS)}")
+    try:
+        dataset = STL10Files(str(data_dir), split=split, download=download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise CatdogError(_stl10_missing(data_dir, f"not found ({exc})")) from None
+    except OSError as exc:  # URLError is an OSError: no network
+        raise CatdogError(_stl10_missing(data_dir, f"not found and download failed ({exc})"))
+    except ValueError as exc:  # np.reshape of a truncated file
+        raise CatdogError(f"STL-10 files in {data_dir} are corrupt or truncated: {exc}") from None
+    data = torch.from_numpy(dataset.data)  # (N, 3, 96, 96) uint8, already row-major
+    labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
+    if split != "unlabeled":
+        keep = (labels == STL10_CLASS_IDS["cat"]) | (labels == STL10_CLASS_IDS["dog"]) | (labels < 0)
+        data, labels = data[keep], labels[keep]
+        labels = torch.where(
+            labels < 0, labels, (labels == STL10_CLASS_IDS["dog"]).long()
+        )  # cat -> 0, dog -> 1
+    images = torch.cat([resize(chunk, image_size) for chunk in data.split(2048)])
+    return ImageSet(images, labels, f"STL-10 {data_dir} [{split}]")
+
+
+def _stl10_missing(data_dir: str | os.PathLike, what: str) -> str:
+    return (
+        f"STL-10 {what} in {data_dir}: download {STL10Files.url} and extract it there "
+        f"(giving {Path(data_dir, STL10Files.base_folder)}/), or use --data-dir with a folder of "
+        "cat/ and dog/ photos"
+    )
+
+
+def balanced_subset(data: ImageSet, limit: int) -> ImageSet:
+    """The first ``limit // 2`` images of each class, in order (all images if ``limit`` <= 0)."""
+    if limit <= 0 or limit >= len(data):
+        return data
+    per_class = limit // len(CLASS_NAMES)
+    index = torch.cat(
+        [torch.nonzero(data.labels == c).flatten()[:per_class] for c in range(len(CLASS_NAMES))]
+    )
+    return data.subset(index)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors and augmentation
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255]."""
+    return images.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def augment(
+    images: torch.Tensor, generator: torch.Generator, *, hflip: bool, color_jitter: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random horizontal flips and mild colour jitter on a float batch in [-1, 1].
+
+    Returns the augmented batch and the per-image flip mask (used to look up cached targets).
+    No rotations or crops that would leave black borders for the model to learn.
+    """
+    n = images.shape[0]
+    flipped = torch.rand(n, generator=generator) < 0.5 if hflip else torch.zeros(n, dtype=torch.bool)
+    out = torch.where(flipped[:, None, None, None], images.flip(-1), images)
+    if color_jitter > 0:
+        factors = 1.0 + color_jitter * (2 * torch.rand(n, 3, generator=generator) - 1)
+        out01 = (out + 1) / 2
+        jittered = []
+        for img, (b, c, s) in zip(out01, factors.tolist(), strict=True):
+            img = TF.adjust_brightness(img, b)
+            img = TF.adjust_contrast(img, c)
+            jittered.append(TF.adjust_saturation(img, s))
+        out = torch.stack(jittered).clamp(0, 1) * 2 - 1
+    return out, flipped

@@ -1,0 +1,1 @@
+"""Neural networks: shared layers, the VAE, the patch discriminator."""
