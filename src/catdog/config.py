@@ -40,7 +40,9 @@ class VAEConfig:
     blocks_per_level: int = 1
     latent_channels: int = 4
     norm_groups: int = 8
-    attention: bool = True  # channel + spatial attention inside residual blocks
+    # Residual blocks at levels >= this one (0 = full resolution) carry channel + spatial
+    # attention; skipping full resolution saves ~30% of the VAE's time at little cost.
+    attention_from_level: int = 1
     num_classes: int = 2
 
     @property
@@ -118,6 +120,7 @@ class VAETrainConfig:
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     vgg_weights: str | None = None  # local torchvision vgg16().features state dict
     cache_vgg_targets: bool = True  # cache VGG features of (flip-augmented) targets
+    channels_last: bool = True  # NHWC memory format: ~30% faster convolutions on CPU
     max_minutes: float | None = None  # stop (resumably) after this much wall-clock time
     stop_at_epoch: int | None = None  # stop (resumably) after this epoch
     progress: bool = True

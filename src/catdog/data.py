@@ -122,7 +122,10 @@ def load_folder(data_dir: str | os.PathLike, split: str, image_size: int) -> Ima
     else:
         raise CatdogError(f"{root} has no {split}/cat and {split}/dog (nor cat/ and dog/) folders")
     samples = make_dataset(
-        str(folder), {name: i for i, name in enumerate(CLASS_NAMES)}, extensions=IMG_EXTENSIONS
+        str(folder),
+        {name: i for i, name in enumerate(CLASS_NAMES)},
+        extensions=IMG_EXTENSIONS,
+        allow_empty=True,  # an empty class is reported below, in our words
     )
     if flat:
         keep = []

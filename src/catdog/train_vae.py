@@ -136,10 +136,15 @@ def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
         if disc is not None
         else None
     )
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    vae.to(memory_format=memory_format)
+    if disc is not None:
+        disc.to(memory_format=memory_format)
     perceptual = None
     vgg_cache: list[torch.Tensor] | None = None
     if losses.ever_on("vgg"):
         perceptual = PerceptualLoss(load_vgg16_features(cfg.vgg_weights))
+        perceptual.to(memory_format=memory_format)
         per_image = sum(
             c * (cfg.data.image_size // s) ** 2 for c, s in ((64, 1), (128, 2), (256, 4))
         )
@@ -207,6 +212,7 @@ def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 hflip=cfg.data.hflip,
                 color_jitter=cfg.data.color_jitter,
             )
+            x = x.contiguous(memory_format=memory_format)
             labels = train_set.labels[index]
             recon, mean, logvar = vae(x)
             terms = {"rec": F.l1_loss(recon, x)}

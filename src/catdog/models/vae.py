@@ -28,7 +28,8 @@ class Encoder(nn.Module):
             if level > 0:  # downsample by 2, changing width
                 layers.append(nn.Conv2d(in_width, width, 4, stride=2, padding=1))
             for _ in range(cfg.blocks_per_level):
-                layers.append(ResBlock(width, width, groups=cfg.norm_groups, attention=cfg.attention))
+                attention = level >= cfg.attention_from_level
+                layers.append(ResBlock(width, width, groups=cfg.norm_groups, attention=attention))
         self.body = nn.Sequential(*layers)
         self.norm_out = group_norm(ch[-1], cfg.norm_groups)
         self.head = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
@@ -51,7 +52,8 @@ class Decoder(nn.Module):
             if level > 0:  # upsample by 2 with a transposed convolution
                 layers.append(nn.ConvTranspose2d(ch[level - 1], width, 4, stride=2, padding=1))
             for _ in range(cfg.blocks_per_level):
-                layers.append(ResBlock(width, width, groups=cfg.norm_groups, attention=cfg.attention))
+                attention = len(ch) - 1 - level >= cfg.attention_from_level  # mirrored levels
+                layers.append(ResBlock(width, width, groups=cfg.norm_groups, attention=attention))
         self.body = nn.Sequential(*layers)
         self.norm_out = group_norm(ch[-1], cfg.norm_groups)
         self.head = nn.Conv2d(ch[-1], cfg.in_channels, 3, padding=1)

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny image folders, a VGG16 weights file, the optional ../shared folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def write_image_folder(root: Path, counts: dict[str, int], size: int = 32, seed: int = 0) -> Path:
+    """SPLIT/{cat,dog}/NNNN.png with class-dependent colours (cats reddish, dogs bluish)."""
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        for label, name in enumerate(("cat", "dog")):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.array([200, 60, 60] if label == 0 else [60, 60, 200], dtype=float)
+                noise = rng.normal(0, 30, size=(size, size, 3))
+                gradient = np.linspace(-40, 40, size)[None, :, None]
+                pixels = np.clip(base + noise + gradient, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small cat/dog folder with train (12 + 12) and test (8 + 8) splits."""
+    return write_image_folder(tmp_path_factory.mktemp("catdog"), {"train": 12, "test": 8})
+
+
+@pytest.fixture(scope="session")
+def vgg_weights(tmp_path_factory) -> Path:
+    """A torchvision vgg16().features state dict (random init: tests need the format, not ImageNet)."""
+    path = tmp_path_factory.mktemp("vgg") / "vgg16_features.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.vgg16().features.state_dict(), path)
+    return path
+
+
+@pytest.fixture()
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is absent (real photos and weights are only on development machines)")
+    return SHARED
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command-line entry point the way a user would, capturing its output."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "default", **(env or {})}
+    full_env.pop("CATDOG_VGG_WEIGHTS", None) if env is None or "CATDOG_VGG_WEIGHTS" not in env else None
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True, env=full_env, timeout=600
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit status 2, a single ``error:`` line on stderr, no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]

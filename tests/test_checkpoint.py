@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from catdog import checkpoint
+from catdog.config import VAEConfig
+from catdog.errors import CatdogError
+from catdog.models.vae import VAE
+
+TINY = VAEConfig(image_size=16, channels=(8, 16), latent_channels=2, norm_groups=4)
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "sub" / "file.bin"
+    checkpoint.atomic_write_bytes(target, b"hello")
+    assert target.read_bytes() == b"hello"
+    assert [p.name for p in target.parent.iterdir()] == ["file.bin"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "file.bin"
+    target.write_bytes(b"old")
+
+    def explode(f):
+        f.write(b"half")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        checkpoint.atomic_write(target, explode)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_vae_saved_is_vae_loaded_output_for_output(tmp_path):
+    torch.manual_seed(0)
+    vae = VAE(TINY).eval()
+    vae.set_latent_stats(torch.randn(10, 2, 8, 8) * 3)
+    path = tmp_path / "vae.pt"
+    checkpoint.save(path, checkpoint.KIND_VAE, checkpoint.vae_payload(vae, {"note": 1}, epoch=3))
+    loaded, record = checkpoint.load_vae(path)
+    assert record["epoch"] == 3 and record["train_config"] == {"note": 1}
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x)[0], loaded.encode(x)[0])
+        assert torch.equal(vae.decode(vae.encode(x)[0]), loaded.decode(loaded.encode(x)[0]))
+    assert torch.equal(loaded.latent_std, vae.latent_std) and bool(loaded.has_latent_stats)
+    # Data, not code: loads with weights_only=True.
+    assert torch.load(path, weights_only=True)["kind"] == checkpoint.KIND_VAE
+
+
+def test_missing_corrupt_truncated_and_wrong_kind(tmp_path):
+    with pytest.raises(CatdogError, match="not found"):
+        checkpoint.load(tmp_path / "none.pt", checkpoint.KIND_VAE)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(CatdogError, match="corrupt or truncated"):
+        checkpoint.load(junk, checkpoint.KIND_VAE)
+    good = tmp_path / "good.pt"
+    checkpoint.save(good, checkpoint.KIND_VAE, checkpoint.vae_payload(VAE(TINY), {}))
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CatdogError, match="corrupt or truncated"):
+        checkpoint.load(cut, checkpoint.KIND_VAE)
+    with pytest.raises(CatdogError, match="is a VAE checkpoint, but a VAE training state"):
+        checkpoint.load(good, checkpoint.KIND_VAE_TRAIN_STATE)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CatdogError, match="not a catdog checkpoint"):
+        checkpoint.load(other, checkpoint.KIND_VAE)

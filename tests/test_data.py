@@ -1,0 +1,156 @@
+import numpy as np
+import pytest
+import torch
+
+from catdog.config import DataConfig
+from catdog.data import (
+    STL10Files,
+    augment,
+    balanced_subset,
+    load_folder,
+    load_split,
+    load_stl10,
+    resolve_kind,
+    to_float,
+    to_uint8,
+)
+from catdog.errors import CatdogError
+from tests.conftest import write_image_folder
+
+# STL-10 file labels are 1..10: 4 = cat, 6 = dog.
+STL_LABELS = {"train": [1, 4, 6, 4, 10, 6, 2], "test": [6, 3, 4, 9, 6]}
+
+
+def write_stl10(root, splits=("train", "test"), unlabeled=0):
+    """Tiny STL-10 binaries: uint8, each image 3x96x96 stored column-major, labels 1..10.
+
+    Image i has its top-left 10x20 block (rows 0-9, columns 0-19) set to value 10*label,
+    elsewhere 7, so the test can check orientation after torchvision's transpose."""
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def images(labels):
+        arr = np.full((len(labels), 3, 96, 96), 7, dtype=np.uint8)  # (N, C, row, col)
+        for i, lab in enumerate(labels):
+            arr[i, :, :10, :20] = 10 * lab
+        return arr.transpose(0, 1, 3, 2).copy()  # column-major on disk: (N, C, col, row)
+
+    for split in splits:
+        images(STL_LABELS[split]).tofile(folder / f"{split}_X.bin")
+        np.array(STL_LABELS[split], dtype=np.uint8).tofile(folder / f"{split}_y.bin")
+    if unlabeled:
+        images([1] * unlabeled).tofile(folder / "unlabeled_X.bin")
+    return root
+
+
+def test_stl10_keeps_only_cats_and_dogs_with_remapped_labels(tmp_path):
+    write_stl10(tmp_path)
+    train = load_stl10(tmp_path, "train", 48, download=False)
+    assert train.labels.tolist() == [0, 1, 0, 1]  # cat, dog, cat, dog
+    assert train.images.shape == (4, 3, 48, 48) and train.images.dtype == torch.uint8
+    # Orientation survives the column-major layout: the marked block is top-left, 5x10 at 48 px.
+    first = train.images[0, 0]
+    assert first[1, 5].item() == 40 and first[1, 30].item() == 7 and first[30, 5].item() == 7
+    x = to_float(train.images)
+    assert x.min() >= -1 and x.max() <= 1
+
+    test = load_stl10(tmp_path, "test", 48, download=False)
+    assert test.labels.tolist() == [1, 0, 1]
+    both = load_split(DataConfig(dataset="stl10", data_dir=str(tmp_path), download=False), "train+test")
+    assert both.labels.tolist() == [0, 1, 0, 1, 1, 0, 1]
+
+
+def test_stl10_unlabeled_split_has_label_minus_one(tmp_path):
+    write_stl10(tmp_path, unlabeled=3)
+    data = load_stl10(tmp_path, "unlabeled", 48, download=False)
+    assert data.labels.tolist() == [-1, -1, -1]
+    mixed = load_stl10(tmp_path, "train+unlabeled", 48, download=False)
+    assert mixed.labels.tolist() == [0, 1, 0, 1, -1, -1, -1]
+
+
+def test_stl10_auto_detection(tmp_path):
+    write_stl10(tmp_path)
+    assert resolve_kind(DataConfig(data_dir=str(tmp_path))) == "stl10"
+
+
+def test_stl10_missing_without_download_says_how_to_fix(tmp_path):
+    with pytest.raises(CatdogError, match="stl10_binary.tar.gz.*--data-dir"):
+        load_stl10(tmp_path, "train", 48, download=False)
+
+
+def test_stl10_download_failure_is_a_clear_error(tmp_path, monkeypatch):
+    # A closed local port: torchvision's real download code runs and fails at once, offline.
+    monkeypatch.setattr(STL10Files, "url", "http://127.0.0.1:9/stl10_binary.tar.gz")
+    with pytest.raises(CatdogError, match="download failed"):
+        load_stl10(tmp_path, "train", 48, download=True)
+
+
+def test_stl10_truncated_file_is_a_clear_error(tmp_path):
+    write_stl10(tmp_path)
+    path = tmp_path / "stl10_binary" / "train_X.bin"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CatdogError, match="corrupt or truncated"):
+        load_stl10(tmp_path, "train", 48, download=False)
+
+
+def test_folder_with_splits(tiny_data):
+    train = load_folder(tiny_data, "train", 16)
+    assert train.images.shape == (24, 3, 16, 16)
+    assert train.labels.tolist() == [0] * 12 + [1] * 12
+    assert resolve_kind(DataConfig(data_dir=str(tiny_data))) == "folder"
+
+
+def test_flat_folder_splits_are_disjoint(tmp_path):
+    write_image_folder(tmp_path, {"all": 20})
+    flat = tmp_path / "all"
+    train, test = load_folder(flat, "train", 16), load_folder(flat, "test", 16)
+    assert len(train) == 36 and len(test) == 4
+    train_set = {bytes(img.numpy()) for img in train.images}
+    assert not any(bytes(img.numpy()) in train_set for img in test.images)
+
+
+def test_unreadable_image_is_skipped_with_its_name(tmp_path):
+    write_image_folder(tmp_path, {"train": 3})
+    bad = tmp_path / "train" / "cat" / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.warns(UserWarning, match="broken.png"):
+        data = load_folder(tmp_path, "train", 16)
+    assert len(data) == 6
+
+
+def test_missing_directory_and_missing_classes(tmp_path):
+    with pytest.raises(CatdogError, match="data directory not found"):
+        resolve_kind(DataConfig(data_dir=str(tmp_path / "nope")))
+    (tmp_path / "birds").mkdir()
+    with pytest.raises(CatdogError, match="no cat/ and dog/"):
+        resolve_kind(DataConfig(data_dir=str(tmp_path)))
+
+
+def test_class_without_images_is_an_error(tmp_path):
+    write_image_folder(tmp_path, {"train": 2})
+    for f in (tmp_path / "train" / "dog").iterdir():
+        f.unlink()
+    with pytest.raises(CatdogError, match="no readable images for dog"):
+        load_folder(tmp_path, "train", 16)
+
+
+def test_balanced_subset_takes_each_class_in_order(tiny_data):
+    data = load_folder(tiny_data, "test", 16)
+    sub = balanced_subset(data, 6)
+    assert sub.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(sub.images[0], data.images[0])
+
+
+def test_augment_flips_where_it_says_and_jitter_stays_in_range():
+    x = torch.rand(16, 3, 8, 8) * 2 - 1
+    out, flipped = augment(x, torch.Generator().manual_seed(0), hflip=True, color_jitter=0.0)
+    assert 0 < flipped.sum() < 16
+    assert torch.equal(out[flipped], x[flipped].flip(-1))
+    assert torch.equal(out[~flipped], x[~flipped])
+    jittered, _ = augment(x, torch.Generator().manual_seed(0), hflip=False, color_jitter=0.2)
+    assert jittered.min() >= -1 and jittered.max() <= 1 and not torch.equal(jittered, x)
+
+
+def test_uint8_float_round_trip():
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    assert torch.equal(to_uint8(to_float(images)), images)

@@ -1,0 +1,92 @@
+import pytest
+import torch
+import torchvision
+
+from catdog import losses
+from catdog.errors import CatdogError
+from catdog.losses import (
+    PerceptualLoss,
+    center_loss,
+    classifier_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+    kl_divergence,
+    load_vgg16_features,
+)
+
+
+def test_kl_is_zero_for_the_prior_and_positive_otherwise():
+    zeros = torch.zeros(2, 4, 3, 3)
+    assert kl_divergence(zeros, zeros).item() == 0.0
+    assert kl_divergence(zeros + 1, zeros).item() == pytest.approx(0.5)
+    assert kl_divergence(zeros, zeros + 1).item() > 0
+
+
+def test_hinge_losses():
+    assert hinge_d_loss(torch.full((4,), 2.0), torch.full((4,), -2.0)).item() == 0.0
+    assert hinge_d_loss(torch.zeros(4), torch.zeros(4)).item() == pytest.approx(1.0)
+    assert hinge_g_loss(torch.full((4,), 3.0)).item() == -3.0
+
+
+def test_center_loss_ignores_unlabeled_and_is_zero_at_centers():
+    centers = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    feats = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+    assert center_loss(feats, torch.tensor([0, 1, -1]), centers).item() == 0.0
+    assert center_loss(feats, torch.tensor([1, 1, -1]), centers).item() == pytest.approx(0.5)
+    assert center_loss(feats, torch.tensor([-1, -1, -1]), centers).item() == 0.0
+
+
+def test_classifier_loss_ignores_unlabeled():
+    logits = torch.tensor([[10.0, -10.0], [0.0, 0.0]])
+    assert classifier_loss(logits, torch.tensor([0, -1])).item() < 1e-6
+    assert classifier_loss(logits, torch.tensor([-1, -1])).item() == 0.0
+
+
+def test_vgg_weights_from_file_and_full_state_dict(vgg_weights, tmp_path):
+    features = load_vgg16_features(vgg_weights)
+    expected = torch.load(vgg_weights, weights_only=True)
+    assert torch.equal(features[0].weight, expected["0.weight"])
+    assert not any(p.requires_grad for p in features.parameters())
+    full = tmp_path / "vgg16_full.pth"
+    vgg = torchvision.models.vgg16()
+    vgg.features.load_state_dict(expected)
+    torch.save(vgg.state_dict(), full)
+    assert torch.equal(load_vgg16_features(full)[28].bias, expected["28.bias"])
+
+
+def test_vgg_weights_from_environment(vgg_weights, monkeypatch):
+    monkeypatch.setenv(losses.VGG_WEIGHTS_ENV, str(vgg_weights))
+    expected = torch.load(vgg_weights, weights_only=True)
+    assert torch.equal(load_vgg16_features()[2].weight, expected["2.weight"])
+
+
+def test_vgg_bad_files_are_clear_errors(tmp_path):
+    with pytest.raises(CatdogError, match="not found"):
+        load_vgg16_features(tmp_path / "missing.pth")
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"foo": torch.zeros(1)}, wrong)
+    with pytest.raises(CatdogError, match="not a torchvision vgg16"):
+        load_vgg16_features(wrong)
+
+
+def test_vgg_download_failure_says_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv(losses.VGG_WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(losses, "VGG16_URL", "http://127.0.0.1:9/vgg16-397923af.pth")
+    with pytest.raises(CatdogError, match="VGG16 weights unavailable.*--vgg-weights"):
+        load_vgg16_features()
+
+
+def test_perceptual_loss_zero_for_identical_and_grows_with_distortion(vgg_weights):
+    loss = PerceptualLoss(load_vgg16_features(vgg_weights))
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    targets = loss.features(x)
+    assert len(targets) == 3
+    assert loss(x, targets).item() == pytest.approx(0.0, abs=1e-6)
+    small = loss(x + 0.05 * torch.randn_like(x), targets).item()
+    large = loss(x + 0.5 * torch.randn_like(x), targets).item()
+    assert 0 < small < large
+    y = x.clone().requires_grad_(True)
+    loss(y, [t.half() for t in targets]).backward()  # cached fp16 targets work too
+    assert y.grad is not None

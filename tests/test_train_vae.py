@@ -1,0 +1,144 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from catdog import checkpoint
+from catdog.config import LossTerm, vae_preset
+from catdog.data import load_folder, to_float
+from catdog.errors import CatdogError
+from catdog.losses import PerceptualLoss, load_vgg16_features
+from catdog.train_vae import BEST, FINAL, STATE, _cache_vgg_targets, train
+from tests.conftest import ROOT
+
+
+def tiny_cfg(data_dir, save_dir, **overrides):
+    cfg = vae_preset("tiny")
+    cfg.data.data_dir = str(data_dir)
+    cfg.save_dir = str(save_dir)
+    cfg.losses.vgg = LossTerm(0.0)
+    cfg.losses.adv = LossTerm(0.1, start=1.0, ramp=0.5)  # on in the second epoch
+    cfg.losses.cls = LossTerm(0.1, start=0.0)
+    cfg.losses.center = LossTerm(0.1, start=0.0)
+    cfg.progress = False
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def state_dict_of(path):
+    return checkpoint.load(path, checkpoint.KIND_VAE)["state_dict"]
+
+
+def test_training_writes_checkpoints_metrics_and_pictures(tiny_data, tmp_path):
+    record = train(tiny_cfg(tiny_data, tmp_path, epochs=2))
+    assert record["epoch"] == 2 and "val_psnr" in record and 0 <= record["probe_acc"] <= 1
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    history = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert "loss_adv" not in history[0] and "loss_adv" in history[1]  # the schedule switched it on
+    assert history[1]["w_adv"] == pytest.approx(0.1)
+    for name in (BEST, FINAL):
+        vae, rec = checkpoint.load_vae(tmp_path / name)
+        assert bool(vae.has_latent_stats) and (vae.latent_std > 0).all()
+        assert rec["train_config"]["losses"]["adv"]["weight"] == 0.1  # schedule recorded with run
+    for picture in ("loss_curves.png", "reconstructions/epoch_0002.png", "tsne/epoch_0002.png"):
+        with Image.open(tmp_path / picture) as im:
+            im.verify()
+    with Image.open(tmp_path / "reconstructions/epoch_0002.png") as im:
+        assert im.size[1] > im.size[0] / 8  # two rows of images
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_latent_stats_are_those_of_the_training_set(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path, epochs=1))
+    vae, _ = checkpoint.load_vae(tmp_path / FINAL)
+    images = load_folder(tiny_data, "train", 16).images
+    with torch.no_grad():
+        means = vae.encode(to_float(images))[0]
+    assert torch.allclose(vae.latent_mean, means.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(vae.latent_std, means.std(dim=(0, 2, 3)), atol=1e-5)
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    straight = tmp_path / "straight"
+    train(tiny_cfg(tiny_data, straight, epochs=3))
+    split = tmp_path / "split"
+    train(tiny_cfg(tiny_data, split, epochs=3, stop_at_epoch=1))
+    assert not (split / FINAL).exists()
+    assert checkpoint.load(split / STATE, checkpoint.KIND_VAE_TRAIN_STATE)["epoch"] == 1
+    train(tiny_cfg(tiny_data, split, epochs=3), resume=True)
+    a, b = state_dict_of(straight / FINAL), state_dict_of(split / FINAL)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    epochs = [json.loads(line)["epoch"] for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_new_run_never_overwrites_and_resume_needs_a_run(tiny_data, tmp_path):
+    with pytest.raises(CatdogError, match="nothing to resume"):
+        train(tiny_cfg(tiny_data, tmp_path / "empty", epochs=1), resume=True)
+    train(tiny_cfg(tiny_data, tmp_path / "run", epochs=1))
+    before = (tmp_path / "run" / FINAL).read_bytes()
+    with pytest.raises(CatdogError, match="already holds a VAE run"):
+        train(tiny_cfg(tiny_data, tmp_path / "run", epochs=1))
+    assert (tmp_path / "run" / FINAL).read_bytes() == before
+
+
+def test_sigkill_loses_at_most_the_work_since_the_last_checkpoint(tiny_data, tmp_path):
+    save_dir = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "catdog", "train-vae", "--preset", "tiny", "--data-dir", str(tiny_data),
+        "--save-dir", str(save_dir), "--epochs", "400", "--lambda-vgg", "0", "--viz-every", "1000",
+        "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = save_dir / STATE
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists() and checkpoint.load(state, checkpoint.KIND_VAE_TRAIN_STATE)["epoch"] >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = checkpoint.load(state, checkpoint.KIND_VAE_TRAIN_STATE)  # still a whole, loadable file
+    assert saved["epoch"] >= 2
+    result = subprocess.run(
+        [*args[:args.index("--epochs") + 1], str(saved["epoch"] + 1), *args[args.index("--epochs") + 2:],
+         "--resume"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    epochs = [json.loads(line)["epoch"] for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, saved["epoch"] + 2))
+    assert (save_dir / FINAL).exists()
+
+
+def test_cached_vgg_targets_match_direct_features(vgg_weights, tiny_data):
+    perceptual = PerceptualLoss(load_vgg16_features(vgg_weights))
+    images = load_folder(tiny_data, "train", 16).images[:5]
+    cache = _cache_vgg_targets(perceptual, images)
+    direct = perceptual.features(to_float(images[3:4]).flip(-1))
+    for layer_cache, layer_direct in zip(cache, direct, strict=True):
+        assert layer_cache.shape[0] == 10
+        torch.testing.assert_close(layer_cache[5 + 3].float(), layer_direct[0], atol=2e-3, rtol=1e-2)
+
+
+def test_training_with_perceptual_loss_cached_and_uncached(tiny_data, vgg_weights, tmp_path):
+    results = []
+    for cached in (True, False):
+        cfg = tiny_cfg(tiny_data, tmp_path / str(cached), epochs=1, vgg_weights=str(vgg_weights))
+        cfg.losses.vgg = LossTerm(0.5)
+        cfg.cache_vgg_targets = cached
+        results.append(train(cfg)["loss_vgg"])
+    assert results[0] > 0
+    assert results[0] == pytest.approx(results[1], rel=0.05)  # fp16 cache vs fp32 on the fly
