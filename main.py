@@ -15,7 +15,9 @@ from catdog import cli  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train a stage of the cat/dog generator.")
-    parser.add_argument("--mode", choices=["vae", "diffusion"], required=True, help="stage to train")
+    parser.add_argument(
+        "--mode", choices=["vae", "diffusion"], required=True, help="stage to train"
+    )
     cli.add_vae_train_args(parser)
     args, unknown = parser.parse_known_args(argv)
     if args.mode == "diffusion":

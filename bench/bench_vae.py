@@ -38,14 +38,20 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.system()}"
+    return (
+        f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.system()}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock training budget")
     parser.add_argument("--label", default="", help="name of this configuration in the record")
-    parser.add_argument("--keep", default=None, help="keep the run folder here (default: temporary)")
+    parser.add_argument(
+        "--keep", default=None, help="keep the run folder here (default: temporary)"
+    )
     add_vae_train_args(parser)
     args = parser.parse_args()
     run_dir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_vae_"))

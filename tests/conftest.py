@@ -41,7 +41,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def vgg_weights(tmp_path_factory) -> Path:
-    """A torchvision vgg16().features state dict (random init: tests need the format, not ImageNet)."""
+    """A vgg16().features state dict (random init: tests need the format, not ImageNet)."""
     path = tmp_path_factory.mktemp("vgg") / "vgg16_features.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.vgg16().features.state_dict(), path)
@@ -51,16 +51,20 @@ def vgg_weights(tmp_path_factory) -> Path:
 @pytest.fixture()
 def shared() -> Path:
     if not SHARED.is_dir():
-        pytest.skip("../shared is absent (real photos and weights are only on development machines)")
+        pytest.skip(
+            "../shared is absent (real photos and weights are only on development machines)"
+        )
     return SHARED
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a command-line entry point the way a user would, capturing its output."""
-    full_env = {**os.environ, "PYTHONWARNINGS": "default", **(env or {})}
-    full_env.pop("CATDOG_VGG_WEIGHTS", None) if env is None or "CATDOG_VGG_WEIGHTS" not in env else None
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command-line entry point the way a user would, capturing its output.
+
+    The user's CATDOG_VGG_WEIGHTS is not inherited, so each test says where weights come from."""
+    full_env = {k: v for k, v in os.environ.items() if k != "CATDOG_VGG_WEIGHTS"}
+    full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True, env=full_env, timeout=600
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=600
     )
 
 

@@ -56,7 +56,9 @@ def test_stl10_keeps_only_cats_and_dogs_with_remapped_labels(tmp_path):
 
     test = load_stl10(tmp_path, "test", 48, download=False)
     assert test.labels.tolist() == [1, 0, 1]
-    both = load_split(DataConfig(dataset="stl10", data_dir=str(tmp_path), download=False), "train+test")
+    both = load_split(
+        DataConfig(dataset="stl10", data_dir=str(tmp_path), download=False), "train+test"
+    )
     assert both.labels.tolist() == [0, 1, 0, 1, 1, 0, 1]
 
 

@@ -79,7 +79,9 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    epochs = [json.loads(line)["epoch"] for line in (split / "metrics.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(line)["epoch"] for line in (split / "metrics.jsonl").read_text().splitlines()
+    ]
     assert epochs == [1, 2, 3]
 
 
@@ -96,7 +98,8 @@ def test_new_run_never_overwrites_and_resume_needs_a_run(tiny_data, tmp_path):
 def test_sigkill_loses_at_most_the_work_since_the_last_checkpoint(tiny_data, tmp_path):
     save_dir = tmp_path / "run"
     args = [
-        sys.executable, "-m", "catdog", "train-vae", "--preset", "tiny", "--data-dir", str(tiny_data),
+        sys.executable, "-m", "catdog", "train-vae", "--preset", "tiny",
+        "--data-dir", str(tiny_data),
         "--save-dir", str(save_dir), "--epochs", "400", "--lambda-vgg", "0", "--viz-every", "1000",
         "--no-progress",
     ]  # fmt: skip
@@ -112,13 +115,13 @@ def test_sigkill_loses_at_most_the_work_since_the_last_checkpoint(tiny_data, tmp
     proc.wait()
     saved = checkpoint.load(state, checkpoint.KIND_VAE_TRAIN_STATE)  # still a whole, loadable file
     assert saved["epoch"] >= 2
-    result = subprocess.run(
-        [*args[:args.index("--epochs") + 1], str(saved["epoch"] + 1), *args[args.index("--epochs") + 2:],
-         "--resume"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    at = args.index("--epochs") + 1
+    resumed = [*args[:at], str(saved["epoch"] + 1), *args[at + 1 :], "--resume"]
+    result = subprocess.run(resumed, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    epochs = [json.loads(line)["epoch"] for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(line)["epoch"] for line in (save_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert epochs == list(range(1, saved["epoch"] + 2))
     assert (save_dir / FINAL).exists()
 
@@ -130,7 +133,9 @@ def test_cached_vgg_targets_match_direct_features(vgg_weights, tiny_data):
     direct = perceptual.features(to_float(images[3:4]).flip(-1))
     for layer_cache, layer_direct in zip(cache, direct, strict=True):
         assert layer_cache.shape[0] == 10
-        torch.testing.assert_close(layer_cache[5 + 3].float(), layer_direct[0], atol=2e-3, rtol=1e-2)
+        torch.testing.assert_close(
+            layer_cache[5 + 3].float(), layer_direct[0], atol=2e-3, rtol=1e-2
+        )
 
 
 def test_training_with_perceptual_loss_cached_and_uncached(tiny_data, vgg_weights, tmp_path):

@@ -34,30 +34,72 @@ def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
     """Every VAE training flag. Unset flags keep the preset's value (shown as the default)."""
     d, m = DEFAULTS.data, DEFAULTS.model
     parser.add_argument(
-        "--preset", choices=sorted(VAE_PRESETS), default="cpu", help="named config preset (default: cpu)"
+        "--preset",
+        choices=sorted(VAE_PRESETS),
+        default="cpu",
+        help="named config preset (default: cpu)",
     )
     g = parser.add_argument_group("data")
     _flag(g, "data-dir", help=f"STL-10 root or a folder with cat/ and dog/ (default: {d.data_dir})")
-    _flag(g, "dataset", choices=["auto", "stl10", "folder"], help=f"data source (default: {d.dataset})")
-    _flag(g, "train-split", help=f"split to train on, e.g. train, train+unlabeled (default: {d.train_split})")
-    _flag(g, "val-split", help=f"held-out split for PSNR and probe tracking (default: {d.val_split})")
-    _flag(g, "val-limit", type=int, help=f"balanced subset size of the held-out split, 0 = all (default: {d.val_limit})")
-    _flag(g, "image-size", type=int, help=f"training resolution in pixels (default: {d.image_size})")
-    _flag(g, "color-jitter", type=float, help=f"colour jitter strength, 0 = off (default: {d.color_jitter})")
+    _flag(
+        g,
+        "dataset",
+        choices=["auto", "stl10", "folder"],
+        help=f"data source (default: {d.dataset})",
+    )
+    _flag(
+        g,
+        "train-split",
+        help=f"split to train on, e.g. train, train+unlabeled (default: {d.train_split})",
+    )
+    _flag(
+        g, "val-split", help=f"held-out split for PSNR and probe tracking (default: {d.val_split})"
+    )
+    _flag(
+        g,
+        "val-limit",
+        type=int,
+        help=f"balanced subset size of the held-out split, 0 = all (default: {d.val_limit})",
+    )
+    _flag(
+        g, "image-size", type=int, help=f"training resolution in pixels (default: {d.image_size})"
+    )
+    _flag(
+        g,
+        "color-jitter",
+        type=float,
+        help=f"colour jitter strength, 0 = off (default: {d.color_jitter})",
+    )
     g.add_argument("--no-hflip", action="store_true", help="turn off horizontal-flip augmentation")
     g.add_argument("--no-download", action="store_true", help="never download STL-10")
 
     g = parser.add_argument_group("model")
-    _flag(g, "channels", help=f"comma-separated widths per resolution (default: {','.join(map(str, m.channels))})")
+    _flag(
+        g,
+        "channels",
+        help=f"comma-separated widths per resolution (default: {','.join(map(str, m.channels))})",
+    )
     _flag(g, "latent-channels", type=int, help=f"latent channels (default: {m.latent_channels})")
-    _flag(g, "blocks-per-level", type=int, help=f"residual blocks per resolution (default: {m.blocks_per_level})")
+    _flag(
+        g,
+        "blocks-per-level",
+        type=int,
+        help=f"residual blocks per resolution (default: {m.blocks_per_level})",
+    )
 
     g = parser.add_argument_group("optimisation")
     _flag(g, "epochs", type=int, help=f"total epochs (default: {DEFAULTS.epochs})")
     _flag(g, "batch-size", type=int, help=f"batch size (default: {DEFAULTS.batch_size})")
     _flag(g, "lr", type=float, help=f"peak learning rate of the VAE (default: {DEFAULTS.lr})")
-    _flag(g, "disc-lr", type=float, help=f"discriminator learning rate (default: {DEFAULTS.disc_lr})")
-    _flag(g, "lr-schedule", choices=["cosine", "constant"], help=f"learning-rate schedule after warm-up (default: {DEFAULTS.lr_schedule})")
+    _flag(
+        g, "disc-lr", type=float, help=f"discriminator learning rate (default: {DEFAULTS.disc_lr})"
+    )
+    _flag(
+        g,
+        "lr-schedule",
+        choices=["cosine", "constant"],
+        help=f"learning-rate schedule after warm-up (default: {DEFAULTS.lr_schedule})",
+    )
     _flag(g, "seed", type=int, help=f"random seed (default: {DEFAULTS.seed})")
 
     g = parser.add_argument_group(
@@ -65,20 +107,74 @@ def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
     )
     for term in LOSS_TERMS:
         t = getattr(DEFAULTS.losses, term)
-        _flag(g, f"lambda-{term}", type=float, help=f"weight of the {TERM_HELP[term]} (default: {t.weight})")
-        _flag(g, f"{term}-start", type=float, help=f"epoch the {term} term switches on (default: {t.start})")
-        _flag(g, f"{term}-ramp", type=float, help=f"epochs to ramp the {term} weight up (default: {t.ramp})")
+        _flag(
+            g,
+            f"lambda-{term}",
+            type=float,
+            help=f"weight of the {TERM_HELP[term]} (default: {t.weight})",
+        )
+        _flag(
+            g,
+            f"{term}-start",
+            type=float,
+            help=f"epoch the {term} term switches on (default: {t.start})",
+        )
+        _flag(
+            g,
+            f"{term}-ramp",
+            type=float,
+            help=f"epochs to ramp the {term} weight up (default: {t.ramp})",
+        )
 
     g = parser.add_argument_group("run")
-    _flag(g, "save-dir", help=f"run folder for checkpoints, metrics and pictures (default: {DEFAULTS.save_dir})")
-    _flag(g, "vgg-weights", help="local torchvision vgg16().features state dict (else $CATDOG_VGG_WEIGHTS, else download)")
-    _flag(g, "eval-every", type=int, help=f"epochs between held-out evaluations (default: {DEFAULTS.eval_every})")
-    _flag(g, "viz-every", type=int, help=f"epochs between reconstruction grids and t-SNE plots (default: {DEFAULTS.viz_every})")
-    _flag(g, "checkpoint-every", type=int, help=f"epochs between resumable checkpoints (default: {DEFAULTS.checkpoint_every})")
-    _flag(g, "max-minutes", type=float, help="stop resumably after this many minutes (default: no limit)")
-    _flag(g, "stop-at-epoch", type=int, help="stop resumably after this epoch (default: run to --epochs)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --save-dir exactly where it stopped")
-    g.add_argument("--no-vgg-cache", action="store_true", help="recompute VGG features of targets every step")
+    _flag(
+        g,
+        "save-dir",
+        help=f"run folder for checkpoints, metrics and pictures (default: {DEFAULTS.save_dir})",
+    )
+    _flag(
+        g,
+        "vgg-weights",
+        help="local vgg16().features state dict (else $CATDOG_VGG_WEIGHTS, else download)",
+    )
+    _flag(
+        g,
+        "eval-every",
+        type=int,
+        help=f"epochs between held-out evaluations (default: {DEFAULTS.eval_every})",
+    )
+    _flag(
+        g,
+        "viz-every",
+        type=int,
+        help=f"epochs between reconstruction grids and t-SNE plots (default: {DEFAULTS.viz_every})",
+    )
+    _flag(
+        g,
+        "checkpoint-every",
+        type=int,
+        help=f"epochs between resumable checkpoints (default: {DEFAULTS.checkpoint_every})",
+    )
+    _flag(
+        g,
+        "max-minutes",
+        type=float,
+        help="stop resumably after this many minutes (default: no limit)",
+    )
+    _flag(
+        g,
+        "stop-at-epoch",
+        type=int,
+        help="stop resumably after this epoch (default: run to --epochs)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --save-dir exactly where it stopped",
+    )
+    g.add_argument(
+        "--no-vgg-cache", action="store_true", help="recompute VGG features of targets every step"
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
 
 
@@ -99,7 +195,9 @@ def vae_config_from_args(args: argparse.Namespace) -> VAETrainConfig:
         try:
             o["model"]["channels"] = tuple(int(c) for c in args.channels.split(","))
         except ValueError:
-            raise CatdogError(f"--channels must be comma-separated integers, got {args.channels!r}") from None
+            raise CatdogError(
+                f"--channels must be comma-separated integers, got {args.channels!r}"
+            ) from None
     for key in ("latent_channels", "blocks_per_level"):
         if getattr(args, key) is not None:
             o["model"][key] = getattr(args, key)

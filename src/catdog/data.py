@@ -167,13 +167,17 @@ def load_stl10(
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
         raise CatdogError(_stl10_missing(data_dir, f"not found ({exc})")) from None
     except OSError as exc:  # URLError is an OSError: no network
-        raise CatdogError(_stl10_missing(data_dir, f"not found and download failed ({exc})"))
+        raise CatdogError(
+            _stl10_missing(data_dir, f"not found and download failed ({exc})")
+        ) from None
     except ValueError as exc:  # np.reshape of a truncated file
         raise CatdogError(f"STL-10 files in {data_dir} are corrupt or truncated: {exc}") from None
     data = torch.from_numpy(dataset.data)  # (N, 3, 96, 96) uint8, already row-major
     labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
     if split != "unlabeled":
-        keep = (labels == STL10_CLASS_IDS["cat"]) | (labels == STL10_CLASS_IDS["dog"]) | (labels < 0)
+        keep = (
+            (labels == STL10_CLASS_IDS["cat"]) | (labels == STL10_CLASS_IDS["dog"]) | (labels < 0)
+        )
         data, labels = data[keep], labels[keep]
         labels = torch.where(
             labels < 0, labels, (labels == STL10_CLASS_IDS["dog"]).long()
@@ -224,7 +228,9 @@ def augment(
     No rotations or crops that would leave black borders for the model to learn.
     """
     n = images.shape[0]
-    flipped = torch.rand(n, generator=generator) < 0.5 if hflip else torch.zeros(n, dtype=torch.bool)
+    flipped = (
+        torch.rand(n, generator=generator) < 0.5 if hflip else torch.zeros(n, dtype=torch.bool)
+    )
     out = torch.where(flipped[:, None, None, None], images.flip(-1), images)
     if color_jitter > 0:
         factors = 1.0 + color_jitter * (2 * torch.rand(n, 3, generator=generator) - 1)

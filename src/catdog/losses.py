@@ -39,7 +39,9 @@ def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
-def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+def center_loss(
+    features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor
+) -> torch.Tensor:
     """Center loss (Wen et al. 2016): mean squared distance of each feature to its class center.
 
     ``labels`` of -1 (unlabeled images) are ignored. Returns 0 when no label is known.
@@ -74,11 +76,14 @@ def load_vgg16_features(weights: str | os.PathLike | None = None) -> nn.Sequenti
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if "features.0.weight" in state:  # a full vgg16() state dict also works
-                state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+                state = {
+                    k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")
+                }
             features.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - any unreadable or mismatched file
             raise CatdogError(
-                f"{path} is not a torchvision vgg16().features state dict ({str(exc).splitlines()[0]})"
+                f"{path} is not a torchvision vgg16().features state dict "
+                f"({str(exc).splitlines()[0]})"
             ) from None
     else:
         try:
@@ -119,11 +124,10 @@ class PerceptualLoss(nn.Module):
                 out.append(h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10))
         return out
 
-    def forward(
-        self, images: torch.Tensor, target_features: list[torch.Tensor]
-    ) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, target_features: list[torch.Tensor]) -> torch.Tensor:
         feats = self.features(images)
         per_layer = [
-            (f - t.to(f.dtype)).pow(2).sum(dim=1).mean() for f, t in zip(feats, target_features, strict=True)
+            (f - t.to(f.dtype)).pow(2).sum(dim=1).mean()
+            for f, t in zip(feats, target_features, strict=True)
         ]
         return torch.stack(per_layer).mean()

@@ -149,7 +149,11 @@ def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
             c * (cfg.data.image_size // s) ** 2 for c, s in ((64, 1), (128, 2), (256, 4))
         )
         cache_bytes = 2 * len(train_set) * per_image * 2
-        if cfg.cache_vgg_targets and cfg.data.color_jitter == 0 and cache_bytes < VGG_CACHE_MAX_BYTES:
+        if (
+            cfg.cache_vgg_targets
+            and cfg.data.color_jitter == 0
+            and cache_bytes < VGG_CACHE_MAX_BYTES
+        ):
             vgg_cache = _cache_vgg_targets(perceptual, train_set.images)
 
     start_epoch, step, history, best_psnr = 0, 0, [], -math.inf
@@ -264,7 +268,9 @@ def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
             "images_per_s": n / elapsed,
             "epoch_seconds": elapsed,
         }
-        time_up = cfg.max_minutes is not None and (time.monotonic() - started) > 60 * cfg.max_minutes
+        time_up = (
+            cfg.max_minutes is not None and (time.monotonic() - started) > 60 * cfg.max_minutes
+        )
         stopping = time_up or (cfg.stop_at_epoch is not None and epoch >= cfg.stop_at_epoch)
         last = epoch == cfg.epochs
         if epoch % cfg.eval_every == 0 or last or stopping:
@@ -305,7 +311,12 @@ def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
 
 def _save_pictures(
-    save_dir: Path, epoch: int, val: ImageSet, val_means: torch.Tensor, recon: torch.Tensor, seed: int
+    save_dir: Path,
+    epoch: int,
+    val: ImageSet,
+    val_means: torch.Tensor,
+    recon: torch.Tensor,
+    seed: int,
 ) -> None:
     """Reconstruction grid (4 cats and 4 dogs when available) and t-SNE of held-out means."""
     index = torch.cat([torch.nonzero(val.labels == c).flatten()[:4] for c in (0, 1)])
@@ -329,6 +340,16 @@ def _write_metrics(save_dir: Path, history: list[dict]) -> None:
     viz.save_loss_curves(
         save_dir / "loss_curves.png",
         history,
-        ["loss_total", "loss_rec", "loss_kl", "loss_vgg", "loss_adv", "loss_disc", "loss_cls",
-         "loss_center", "val_psnr", "probe_acc"],
+        [
+            "loss_total",
+            "loss_rec",
+            "loss_kl",
+            "loss_vgg",
+            "loss_adv",
+            "loss_disc",
+            "loss_cls",
+            "loss_center",
+            "val_psnr",
+            "probe_acc",
+        ],
     )

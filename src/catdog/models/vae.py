@@ -64,7 +64,7 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """Encoder + decoder, plus the latent classifier and class centers used by the training losses."""
+    """Encoder and decoder, plus the latent classifier and class centers that the losses use."""
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()

@@ -1,0 +1,126 @@
+"""The command line as a user runs it: flags, end-to-end smoke test, and one-line errors."""
+
+import json
+
+from PIL import Image
+
+from catdog import checkpoint
+from tests.conftest import assert_one_line_error, run_cli, write_image_folder
+
+TINY = ["--preset", "tiny", "--no-progress"]
+
+
+def test_help_lists_flags_with_defaults():
+    result = run_cli("-m", "catdog", "train-vae", "--help")
+    assert result.returncode == 0
+    for text in (
+        "--lambda-vgg",
+        "--kl-start",
+        "--adv-ramp",
+        "--resume",
+        "--save-dir",
+        "(default: 80)",
+    ):
+        assert text in result.stdout, text
+    original = run_cli("main.py", "--help")
+    assert (
+        original.returncode == 0
+        and "--mode" in original.stdout
+        and "--lambda_vgg" in original.stdout
+    )
+
+
+def test_original_main_py_trains_a_vae_end_to_end(tiny_data, vgg_weights, tmp_path):
+    save_dir = tmp_path / "results"
+    result = run_cli(
+        "main.py", "--mode", "vae", "--epochs", "2", "--lr", "1e-3", "--lambda_vgg", "0.8",
+        "--save_dir", str(save_dir), "--data-dir", str(tiny_data),
+        "--vgg-weights", str(vgg_weights),
+        "--adv-start", "1", *TINY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "val_psnr" in result.stdout
+    cfg = json.loads((save_dir / "config.json").read_text())
+    assert cfg["lr"] == 1e-3 and cfg["losses"]["vgg"]["weight"] == 0.8 and cfg["epochs"] == 2
+    for name in ("vae_gan_best.pt", "vae_gan_final.pt", "vae_train_state.pt"):
+        assert (save_dir / name).is_file()
+    for picture in ("loss_curves.png", "reconstructions/epoch_0002.png", "tsne/epoch_0002.png"):
+        with Image.open(save_dir / picture) as im:
+            assert im.size[0] > 16
+    history = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and "loss_vgg" in history[0] and "loss_adv" in history[1]
+
+
+def test_packaged_cli_resume_extends_a_run(tiny_data, tmp_path):
+    base = ["-m", "catdog", "train-vae", *TINY, "--data-dir", str(tiny_data), "--lambda-vgg", "0",
+            "--save-dir", str(tmp_path)]  # fmt: skip
+    assert run_cli(*base, "--epochs", "1").returncode == 0
+    result = run_cli(*base, "--epochs", "2", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert checkpoint.load(tmp_path / "vae_gan_final.pt", checkpoint.KIND_VAE)["epoch"] == 2
+
+
+def test_missing_data_directory(tmp_path):
+    result = run_cli("-m", "catdog", "train-vae", *TINY, "--data-dir", str(tmp_path / "nothing"),
+                     "--save-dir", str(tmp_path / "r"))  # fmt: skip
+    assert_one_line_error(result, "data directory not found")
+
+
+def test_folder_without_cat_and_dog(tmp_path):
+    (tmp_path / "data" / "horses").mkdir(parents=True)
+    result = run_cli("main.py", "--mode", "vae", *TINY, "--data-dir", str(tmp_path / "data"),
+                     "--save_dir", str(tmp_path / "r"))  # fmt: skip
+    assert_one_line_error(result, "no cat/ and dog/")
+
+
+def test_unreadable_image_is_named_and_skipped(tmp_path):
+    data = write_image_folder(tmp_path / "data", {"train": 6, "test": 4}, size=16)
+    (data / "train" / "dog" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    result = run_cli("-m", "catdog", "train-vae", *TINY, "--data-dir", str(data), "--epochs", "1",
+                     "--lambda-vgg", "0", "--save-dir", str(tmp_path / "r"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "corrupt.png" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_stl10_absent_offline(tmp_path):
+    result = run_cli("-m", "catdog", "train-vae", *TINY, "--dataset", "stl10", "--no-download",
+                     "--data-dir", str(tmp_path / "stl"),
+                     "--save-dir", str(tmp_path / "r"))  # fmt: skip
+    assert_one_line_error(result, "STL-10", "--data-dir")
+
+
+def test_vgg_weights_unavailable(tiny_data, tmp_path):
+    result = run_cli("-m", "catdog", "train-vae", *TINY, "--data-dir", str(tiny_data),
+                     "--vgg-weights", str(tmp_path / "no_vgg.pth"),
+                     "--save-dir", str(tmp_path / "r"))  # fmt: skip
+    assert_one_line_error(result, "VGG16 weights file not found")
+
+
+def test_missing_and_corrupt_checkpoints_on_resume(tiny_data, tmp_path):
+    base = ["-m", "catdog", "train-vae", *TINY, "--data-dir", str(tiny_data), "--lambda-vgg", "0",
+            "--resume"]  # fmt: skip
+    assert_one_line_error(run_cli(*base, "--save-dir", str(tmp_path / "none")), "nothing to resume")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "vae_train_state.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    assert_one_line_error(run_cli(*base, "--save-dir", str(bad)), "corrupt or truncated")
+    wrong = tmp_path / "wrong"
+    checkpoint.save(wrong / "vae_train_state.pt", checkpoint.KIND_VAE, {"state_dict": {}})
+    assert_one_line_error(run_cli(*base, "--save-dir", str(wrong)), "is a VAE checkpoint")
+    assert (bad / "vae_train_state.pt").read_bytes() == b"PK\x03\x04 truncated zip"  # nothing lost
+
+
+def test_bad_option_values(tiny_data, tmp_path):
+    base = [
+        "-m",
+        "catdog",
+        "train-vae",
+        *TINY,
+        "--data-dir",
+        str(tiny_data),
+        "--save-dir",
+        str(tmp_path),
+    ]
+    assert_one_line_error(run_cli(*base, "--epochs", "0"), "--epochs must be positive")
+    assert_one_line_error(run_cli(*base, "--channels", "8,x"), "--channels")
+    assert_one_line_error(run_cli(*base, "--image-size", "15"), "not divisible")
