@@ -20,8 +20,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests bench main.py
-	$(VENV)/bin/ruff format --check src tests bench main.py
+	$(VENV)/bin/ruff check src tests bench main.py generate.py
+	$(VENV)/bin/ruff format --check src tests bench main.py generate.py
 
 bench-vae: $(VENV)/.installed
 	$(PY) bench/bench_vae.py --data-dir $(SHARED)/data/catdog96 --vgg-weights $(SHARED)/weights/vgg16_features_imagenet1k_v1.pth

@@ -1,7 +1,9 @@
 """The original entry point, kept working: ``python main.py --mode vae|diffusion [options]``.
 
 ``--mode vae`` takes every ``catdog train-vae`` flag (``--epochs``, ``--lr``, ``--lambda_vgg``,
-``--save_dir``, ...). It is a thin layer over the packaged CLI in ``src/catdog/cli.py``.
+``--save_dir``, ...) and ``--mode diffusion`` every ``catdog train-diffusion`` flag
+(``--vae_path``, ``--epochs``, ``--lr``, ``--save_dir``, ...). A thin layer over the packaged
+CLI in ``src/catdog/cli.py``.
 """
 
 import argparse
@@ -12,20 +14,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # works withou
 
 from catdog import cli  # noqa: E402
 
+MODES = {
+    "vae": (cli.add_vae_train_args, cli.cmd_train_vae, "Train the VAE stage."),
+    "diffusion": (
+        cli.add_diffusion_train_args,
+        cli.cmd_train_diffusion,
+        "Train the diffusion stage.",
+    ),
+}
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train a stage of the cat/dog generator.")
-    parser.add_argument(
-        "--mode", choices=["vae", "diffusion"], required=True, help="stage to train"
+    argv = sys.argv[1:] if argv is None else argv
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--mode", choices=sorted(MODES))
+    known, _ = first.parse_known_args(argv)
+    parser = argparse.ArgumentParser(
+        description="Train a stage of the cat/dog generator: --mode vae, then --mode diffusion. "
+        "`--mode vae --help` and `--mode diffusion --help` list each stage's flags."
     )
-    cli.add_vae_train_args(parser)
-    args, unknown = parser.parse_known_args(argv)
-    if args.mode == "diffusion":
-        print("error: the diffusion stage is not implemented yet (see issue 3)", file=sys.stderr)
-        return 2
-    if unknown:
-        parser.error(f"unrecognised arguments: {' '.join(unknown)}")
-    return cli.run(cli.cmd_train_vae, args)
+    parser.add_argument("--mode", choices=sorted(MODES), required=True, help="stage to train")
+    if known.mode is not None:
+        add_args, command, parser.description = MODES[known.mode]
+        add_args(parser)
+    args = parser.parse_args(argv)
+    return cli.run(command, args)
 
 
 if __name__ == "__main__":

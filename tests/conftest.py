@@ -76,3 +76,39 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tiny_data, tmp_path_factory) -> Path:
+    """A tiny VAE (16 px, 2x8x8 latent) trained for one epoch, with latent statistics."""
+    from catdog.config import LossTerm, vae_preset
+    from catdog.train_vae import FINAL, train
+
+    cfg = vae_preset("tiny")
+    cfg.data.data_dir = str(tiny_data)
+    cfg.save_dir = str(tmp_path_factory.mktemp("vae_run"))
+    cfg.losses.vgg = LossTerm(0.0)
+    cfg.epochs, cfg.viz_every, cfg.progress = 1, 100, False
+    train(cfg)
+    return Path(cfg.save_dir) / FINAL
+
+
+def tiny_diffusion_cfg(data_dir, vae_path, save_dir, **overrides):
+    from catdog.config import diffusion_preset
+
+    cfg = diffusion_preset("tiny")
+    cfg.data.data_dir, cfg.vae_path, cfg.save_dir = str(data_dir), str(vae_path), str(save_dir)
+    cfg.progress = False
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_data, tiny_vae, tmp_path_factory) -> Path:
+    """A tiny diffusion checkpoint trained for two epochs on ``tiny_vae``."""
+    from catdog.train_diffusion import FINAL, train
+
+    save_dir = tmp_path_factory.mktemp("diffusion_run")
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, save_dir, epochs=2))
+    return save_dir / FINAL

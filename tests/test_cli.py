@@ -22,7 +22,7 @@ def test_help_lists_flags_with_defaults():
         "(default: 80)",
     ):
         assert text in result.stdout, text
-    original = run_cli("main.py", "--help")
+    original = run_cli("main.py", "--mode", "vae", "--help")
     assert (
         original.returncode == 0
         and "--mode" in original.stdout

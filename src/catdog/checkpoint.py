@@ -7,6 +7,7 @@ folder, is flushed to disk, then renamed over the target, so a crash never leave
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -22,9 +23,13 @@ from .errors import CatdogError
 FORMAT_VERSION = 1
 KIND_VAE = "catdog.vae"
 KIND_VAE_TRAIN_STATE = "catdog.vae_train_state"
+KIND_DIFFUSION = "catdog.diffusion"
+KIND_DIFFUSION_TRAIN_STATE = "catdog.diffusion_train_state"
 KIND_NAMES = {
     KIND_VAE: "a VAE checkpoint",
     KIND_VAE_TRAIN_STATE: "a VAE training state",
+    KIND_DIFFUSION: "a diffusion checkpoint",
+    KIND_DIFFUSION_TRAIN_STATE: "a diffusion training state",
 }
 
 
@@ -106,3 +111,83 @@ def load_vae(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise CatdogError(f"VAE checkpoint {path} does not match its own config ({exc})") from None
     return vae.eval(), record
+
+
+def content_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and values: the same weights give the same
+    hash whichever file they were saved in."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def diffusion_payload(
+    ema_model: torch.nn.Module, schedule_config: dict[str, Any], vae_link: dict[str, str],
+    train_config: dict[str, Any], **extra: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """What a diffusion checkpoint holds: the EMA UNet (used for sampling), its config, the noise
+    schedule, and the VAE it was trained on (content hash and path)."""
+    from .config import to_dict
+
+    return {
+        "unet_config": to_dict(ema_model.cfg),
+        "schedule_config": schedule_config,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in ema_model.state_dict().items()},
+        "vae": vae_link,
+        "train_config": train_config,
+        **extra,
+    }
+
+
+def load_diffusion(path: str | os.PathLike) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """Rebuild the EMA UNet (eval mode) and its noise schedule from a diffusion checkpoint."""
+    from .config import ScheduleConfig, UNetConfig, from_dict
+    from .diffusion import NoiseSchedule
+    from .models.unet import UNet
+
+    record = load(path, KIND_DIFFUSION)
+    try:
+        unet = UNet(from_dict(UNetConfig, record["unet_config"]))
+        unet.load_state_dict(record["state_dict"])
+        schedule = NoiseSchedule(from_dict(ScheduleConfig, record["schedule_config"]))
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise CatdogError(
+            f"diffusion checkpoint {path} does not match its config ({exc})"
+        ) from None
+    return unet.eval(), schedule, record
+
+
+def find_vae(
+    diffusion_path: str | os.PathLike, record: dict[str, Any], vae_path: str | None = None
+) -> tuple[torch.nn.Module, Path]:
+    """The VAE a diffusion checkpoint was trained on, checked by content hash.
+
+    Looks at ``vae_path`` if given, else the recorded path (as written, then relative to the
+    diffusion checkpoint's folder), else a file of the recorded name beside the checkpoint.
+    """
+    link = record["vae"]
+    if vae_path is not None:
+        candidates = [Path(vae_path)]
+    else:
+        recorded = Path(link["path"])
+        here = Path(diffusion_path).parent
+        candidates = [recorded, here / recorded, here / recorded.name]
+    for candidate in candidates:
+        if candidate.is_file():
+            vae, _ = load_vae(candidate)
+            found = content_hash(vae.state_dict())
+            if found != link["sha256"]:
+                raise CatdogError(
+                    f"VAE {candidate} does not match diffusion checkpoint {diffusion_path} (it was "
+                    f"trained on VAE {link['sha256'][:12]}, this one is {found[:12]})"
+                )
+            return vae, candidate
+    if vae_path is not None:
+        raise CatdogError(f"VAE checkpoint not found: {vae_path}")
+    raise CatdogError(
+        f"cannot find the VAE that {diffusion_path} was trained on (looked for {link['path']}); "
+        "pass it with --vae_path"
+    )

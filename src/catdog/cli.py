@@ -9,10 +9,24 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import LOSS_TERMS, VAE_PRESETS, VAETrainConfig, from_dict, merge, to_dict, vae_preset
+from .config import (
+    DIFFUSION_PRESETS,
+    LOSS_TERMS,
+    VAE_PRESETS,
+    DiffusionTrainConfig,
+    GenerateConfig,
+    VAETrainConfig,
+    diffusion_preset,
+    from_dict,
+    merge,
+    to_dict,
+    vae_preset,
+)
 from .errors import CatdogError
 
 DEFAULTS = VAETrainConfig()
+DIFF_DEFAULTS = DiffusionTrainConfig()
+GEN_DEFAULTS = GenerateConfig()
 TERM_HELP = {
     "kl": "KL divergence to N(0, I)",
     "vgg": "VGG16 perceptual loss",
@@ -245,6 +259,240 @@ def cmd_train_vae(args: argparse.Namespace) -> None:
     ))  # fmt: skip
 
 
+def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
+    """Every diffusion training flag. Unset flags keep the preset's value (shown as the default)."""
+    d, u, s = DIFF_DEFAULTS, DIFF_DEFAULTS.unet, DIFF_DEFAULTS.schedule
+    parser.add_argument(
+        "--preset", choices=sorted(DIFFUSION_PRESETS), default="cpu",
+        help="named config preset (default: cpu)",
+    )  # fmt: skip
+    _flag(parser, "vae-path", help=f"VAE checkpoint to train on (default: {d.vae_path})")
+    _flag(
+        parser,
+        "channels",
+        help=f"UNet widths per resolution (default: {','.join(map(str, u.channels))})",
+    )
+    _flag(
+        parser,
+        "blocks-per-level",
+        type=int,
+        help=f"UNet residual blocks per resolution (default: {u.blocks_per_level})",
+    )
+    _flag(
+        parser,
+        "class-dropout",
+        type=float,
+        help=f"label -> null probability, for guidance (default: {u.class_dropout})",
+    )
+    _flag(
+        parser, "schedule", choices=["linear", "cosine"], help=f"noise schedule (default: {s.kind})"
+    )
+    _flag(
+        parser, "timesteps", type=int, help=f"number of noise levels T (default: {s.num_timesteps})"
+    )
+    _flag(
+        parser,
+        "objective",
+        choices=["eps", "v"],
+        help=f"what the UNet predicts (default: {s.objective})",
+    )
+    _flag(
+        parser,
+        "min-snr-gamma",
+        type=float,
+        help=f"min-SNR loss weighting, 0 = off (default: {s.min_snr_gamma})",
+    )
+    _flag(
+        parser,
+        "latent-sampling",
+        choices=["posterior", "mean"],
+        help=f"train on posterior samples or means (default: {d.latent_sampling})",
+    )
+    _flag(parser, "epochs", type=int, help=f"passes over the cached latents (default: {d.epochs})")
+    _flag(parser, "batch-size", type=int, help=f"batch size (default: {d.batch_size})")
+    _flag(parser, "lr", type=float, help=f"learning rate (default: {d.lr})")
+    _flag(
+        parser,
+        "ema-decay",
+        type=float,
+        help=f"EMA decay of the sampling weights (default: {d.ema_decay})",
+    )
+    _flag(parser, "seed", type=int, help=f"random seed (default: {d.seed})")
+    _flag(parser, "save-dir", help=f"run folder (default: {d.save_dir})")
+    _flag(
+        parser,
+        "data-dir",
+        help=f"STL-10 root or a folder with cat/ and dog/ (default: {d.data.data_dir})",
+    )
+    _flag(
+        parser,
+        "dataset",
+        choices=["auto", "stl10", "folder"],
+        help=f"data source (default: {d.data.dataset})",
+    )
+    _flag(parser, "train-split", help=f"split to train on (default: {d.data.train_split})")
+    _flag(
+        parser,
+        "checkpoint-every",
+        type=int,
+        help=f"epochs between resumable checkpoints (default: {d.checkpoint_every})",
+    )
+    _flag(
+        parser,
+        "sample-every",
+        type=int,
+        help=f"epochs between sample grids (default: {d.sample_every})",
+    )
+    _flag(
+        parser,
+        "max-minutes",
+        type=float,
+        help="stop resumably after this many minutes (default: no limit)",
+    )
+    _flag(
+        parser,
+        "stop-at-epoch",
+        type=int,
+        help="stop resumably after this epoch (default: run to --epochs)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --save-dir")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig:
+    base = to_dict(diffusion_preset(args.preset))
+    o: dict[str, Any] = {"data": {}, "unet": {}, "schedule": {}}
+    for key in ("data_dir", "dataset", "train_split"):
+        if getattr(args, key) is not None:
+            o["data"][key] = getattr(args, key)
+    if args.channels is not None:
+        o["unet"]["channels"] = _int_list(args.channels, "--channels")
+    for key in ("blocks_per_level", "class_dropout"):
+        if getattr(args, key) is not None:
+            o["unet"][key] = getattr(args, key)
+    for flag, key in (("schedule", "kind"), ("timesteps", "num_timesteps"),
+                      ("objective", "objective"), ("min_snr_gamma", "min_snr_gamma")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            o["schedule"][key] = getattr(args, flag)
+    run_keys = (
+        "vae_path",
+        "latent_sampling",
+        "epochs",
+        "batch_size",
+        "lr",
+        "ema_decay",
+        "seed",
+        "save_dir",
+        "checkpoint_every",
+        "sample_every",
+        "max_minutes",
+        "stop_at_epoch",
+    )
+    for key in run_keys:
+        if getattr(args, key) is not None:
+            o[key] = getattr(args, key)
+    o["progress"] = not args.no_progress
+    cfg = from_dict(DiffusionTrainConfig, merge(base, o))
+    for name in ("epochs", "batch_size", "checkpoint_every", "sample_every"):
+        if getattr(cfg, name) <= 0:
+            raise CatdogError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}"
+            )
+    if cfg.schedule.num_timesteps <= 0:
+        raise CatdogError(f"--timesteps must be positive, got {cfg.schedule.num_timesteps}")
+    return cfg
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise CatdogError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
+def add_generate_args(parser: argparse.ArgumentParser) -> None:
+    g = GEN_DEFAULTS
+    _flag(parser, "model-path", help=f"diffusion checkpoint (default: {g.model_path})")
+    _flag(
+        parser,
+        "vae-path",
+        help="VAE checkpoint (default: the one recorded in the diffusion checkpoint)",
+    )
+    _flag(parser, "class-name", help=f"cat or dog (default: {g.class_name})")
+    _flag(parser, "num-samples", type=int, help=f"number of images (default: {g.num_samples})")
+    _flag(
+        parser,
+        "sampler",
+        help=f"dpmpp, ddim, or ddpm (ancestral, all T steps) (default: {g.sampler})",
+    )
+    _flag(parser, "steps", type=int, help=f"sampling steps for dpmpp and ddim (default: {g.steps})")
+    _flag(
+        parser,
+        "guidance",
+        type=float,
+        help=f"classifier-free guidance scale, 1 = off (default: {g.guidance})",
+    )
+    _flag(parser, "eta", type=float, help=f"DDIM noise, 0 = deterministic (default: {g.eta})")
+    _flag(parser, "seed", type=int, help=f"image i uses seed + i (default: {g.seed})")
+    _flag(
+        parser, "batch-size", type=int, help=f"images per sampling batch (default: {g.batch_size})"
+    )
+    _flag(parser, "output", help=f"output folder (default: {g.output})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def generate_config_from_args(args: argparse.Namespace) -> GenerateConfig:
+    values = {
+        k: getattr(args, k) for k in to_dict(GEN_DEFAULTS) if getattr(args, k, None) is not None
+    }
+    values["progress"] = not args.no_progress
+    return from_dict(GenerateConfig, {**to_dict(GEN_DEFAULTS), **values})
+
+
+def cmd_train_diffusion(args: argparse.Namespace) -> None:
+    from .train_diffusion import train
+
+    cfg = diffusion_config_from_args(args)
+    record = train(cfg, resume=args.resume)
+    print(
+        f"diffusion run in {cfg.save_dir}: epoch={record.get('epoch')}, "
+        f"loss={record.get('loss', float('nan')):.4g}"
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .generate import generate
+
+    cfg = generate_config_from_args(args)
+    paths = generate(cfg)
+    print(f"wrote {len(paths) - 1} {cfg.class_name} images and a grid: {paths[0]}")
+
+
+def add_visualize_args(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "model-path", help=f"diffusion checkpoint (default: {GEN_DEFAULTS.model_path})")
+    _flag(
+        parser,
+        "vae-path",
+        help="VAE checkpoint (default: the one recorded in the diffusion checkpoint)",
+    )
+    _flag(parser, "data-dir", help="data for the real latents (default: the training run's)")
+    _flag(parser, "output", help="folder for the figures (default: ./figures)")
+    _flag(parser, "steps", type=int, help="DDIM steps of the shown trajectories (default: 50)")
+    _flag(parser, "guidance", type=float, help="classifier-free guidance scale (default: 2.0)")
+    _flag(parser, "seed", type=int, help="random seed (default: 0)")
+
+
+def cmd_visualize(args: argparse.Namespace) -> None:
+    from .visualize import make_figures
+
+    paths = make_figures(
+        args.model_path or GEN_DEFAULTS.model_path, args.output or "./figures",
+        vae_path=args.vae_path, data_dir=args.data_dir, steps=args.steps or 50,
+        guidance=2.0 if args.guidance is None else args.guidance, seed=args.seed or 0,
+    )  # fmt: skip
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="catdog", description="Class-conditional latent diffusion for 48x48 cats and dogs."
@@ -253,6 +501,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-vae", help="train the VAE stage", description="Train the VAE stage.")
     add_vae_train_args(p)
     p.set_defaults(func=cmd_train_vae)
+    p = sub.add_parser(
+        "train-diffusion",
+        help="train the diffusion stage on a trained VAE",
+        description="Train the class-conditional latent diffusion UNet.",
+    )
+    add_diffusion_train_args(p)
+    p.set_defaults(func=cmd_train_diffusion)
+    p = sub.add_parser(
+        "generate",
+        help="generate cats or dogs",
+        description="Generate images of one class from a trained model pair.",
+    )
+    add_generate_args(p)
+    p.set_defaults(func=cmd_generate)
+    p = sub.add_parser(
+        "visualize",
+        help="denoising path, GIFs, comparisons and sample grids of a model pair",
+        description="Draw the pictures that explain a trained model pair.",
+    )
+    add_visualize_args(p)
+    p.set_defaults(func=cmd_visualize)
     return parser
 
 

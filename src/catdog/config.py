@@ -126,6 +126,77 @@ class VAETrainConfig:
     progress: bool = True
 
 
+@dataclass
+class UNetConfig:
+    """The class-conditional denoiser on the VAE's 2D latent."""
+
+    latent_channels: int = 4
+    latent_size: int = 12
+    # Sized for >= 20 images/s with CFG on 2 CPU cores (bench/results/diffusion_speed.jsonl).
+    channels: tuple[int, ...] = (48, 96)  # width per resolution; len-1 downsamplings
+    blocks_per_level: int = 1
+    attention_levels: tuple[int, ...] = (1,)  # self-attention at these levels (1 = 6x6)
+    heads: int = 4
+    norm_groups: int = 8
+    dropout: float = 0.0
+    num_classes: int = 2  # the embedding has one more row: the null label (index num_classes)
+    class_dropout: float = 0.1  # label -> null with this probability in training (for CFG)
+
+
+@dataclass
+class ScheduleConfig:
+    """Forward noising process. Timesteps 1..T are noise levels; t = 0 is the clean latent."""
+
+    kind: str = "cosine"  # "cosine" (Nichol & Dhariwal 2021) | "linear" (DDPM, as the original)
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4  # linear only
+    beta_end: float = 0.02  # linear only
+    objective: str = "v"  # "eps" | "v" (Salimans & Ho 2022)
+    min_snr_gamma: float = 0.0  # > 0: min-SNR loss weighting (Hang et al. 2023)
+
+
+@dataclass
+class DiffusionTrainConfig:
+    """Everything one diffusion training run needs."""
+
+    vae_path: str = "./results/vae_gan_best.pt"
+    data: DataConfig = field(default_factory=DataConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    latent_sampling: str = "posterior"  # "posterior": draw z ~ q(z|x) each step; "mean": use mu
+    epochs: int = 2000  # one epoch = one pass over the cached (flip-augmented) training latents
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_warmup_steps: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    save_dir: str = "./results"
+    checkpoint_every: int = 50  # epochs between resumable checkpoints
+    sample_every: int = 200  # epochs between sample grids
+    max_minutes: float | None = None
+    stop_at_epoch: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class GenerateConfig:
+    """One generation request: which model, which class, how many, how to sample."""
+
+    model_path: str = "./results/conditional_diffusion_final.pt"
+    vae_path: str | None = None  # default: the VAE recorded in the diffusion checkpoint
+    class_name: str = "cat"
+    num_samples: int = 10
+    sampler: str = "dpmpp"  # "dpmpp" (DPM-Solver++ 2M) | "ddim" (eta) | "ddpm" (ancestral, all T)
+    steps: int = 20
+    guidance: float = 2.0  # classifier-free guidance scale; 1 = plain conditional model
+    eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
+    seed: int = 0  # image i uses seed + i, whatever the batch size
+    batch_size: int = 64
+    output: str = "./samples"
+    progress: bool = True
+
+
 VAE_PRESETS: dict[str, dict[str, Any]] = {
     # A few thousand parameters: for tests and smoke runs (16 px images).
     "tiny": {
@@ -144,6 +215,27 @@ VAE_PRESETS: dict[str, dict[str, Any]] = {
         "disc": {"channels": (64, 128, 256)},
         "batch_size": 64,
     },
+}
+
+
+DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
+    # For tests and smoke runs, on a tiny VAE's 2x8x8 latent.
+    "tiny": {
+        "unet": {
+            "latent_channels": 2,
+            "latent_size": 8,
+            "channels": (8, 16),
+            "blocks_per_level": 1,
+            "heads": 2,
+            "norm_groups": 4,
+        },
+        "schedule": {"num_timesteps": 100},
+        "batch_size": 16,
+        "checkpoint_every": 1,
+        "sample_every": 1,
+    },  # fmt: skip
+    "cpu": {},
+    "gpu": {"unet": {"channels": (128, 256), "blocks_per_level": 2}, "batch_size": 256},
 }
 
 
@@ -180,11 +272,20 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _preset(cls: type[T], presets: dict[str, dict[str, Any]], name: str) -> T:
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
+    return from_dict(cls, merge(to_dict(cls()), presets[name]))
+
+
 def vae_preset(name: str) -> VAETrainConfig:
     """The named VAE training preset as a config."""
-    if name not in VAE_PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(VAE_PRESETS)}")
-    return from_dict(VAETrainConfig, merge(to_dict(VAETrainConfig()), VAE_PRESETS[name]))
+    return _preset(VAETrainConfig, VAE_PRESETS, name)
+
+
+def diffusion_preset(name: str) -> DiffusionTrainConfig:
+    """The named diffusion training preset as a config."""
+    return _preset(DiffusionTrainConfig, DIFFUSION_PRESETS, name)
 
 
 _DATACLASSES: dict[str, type] = {
@@ -196,5 +297,8 @@ _DATACLASSES: dict[str, type] = {
         LossTerm,
         LossSchedule,
         VAETrainConfig,
+        UNetConfig,
+        ScheduleConfig,
+        DiffusionTrainConfig,
     )
 }

@@ -14,10 +14,8 @@ Run folder (``save_dir``)::
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint, viz
-from .config import VAETrainConfig, from_dict, to_dict
+from .config import VAETrainConfig, to_dict
 from .data import ImageSet, augment, balanced_subset, load_split, to_float
 from .errors import CatdogError
 from .losses import (
@@ -41,10 +39,12 @@ from .losses import (
 from .metrics import linear_probe_accuracy, psnr
 from .models.discriminator import PatchDiscriminator
 from .models.vae import VAE
+from .runs import prepare_run, write_metrics
 
 BEST, FINAL, STATE = "vae_gan_best.pt", "vae_gan_final.pt", "vae_train_state.pt"
 VGG_CACHE_MAX_BYTES = 4 * 2**30  # cache target features only while they fit comfortably in RAM
-RUN_CONTROL_FIELDS = ("epochs", "max_minutes", "stop_at_epoch", "progress")
+CURVE_KEYS = ["loss_total", "loss_rec", "loss_kl", "loss_vgg", "loss_adv", "loss_disc", "loss_cls",
+              "loss_center", "val_psnr", "probe_acc"]  # fmt: skip
 
 
 def lr_at(cfg: VAETrainConfig, step: int, total_steps: int, base_lr: float) -> float:
@@ -92,27 +92,16 @@ def _cache_vgg_targets(perceptual: PerceptualLoss, images: torch.Tensor) -> list
     return [torch.cat(layer) for layer in zip(*chunks, strict=True)]
 
 
-def _prepare_run(cfg: VAETrainConfig, resume: bool) -> tuple[VAETrainConfig, dict | None]:
-    save_dir = Path(cfg.save_dir)
-    state_path = save_dir / STATE
-    if resume:
-        if not state_path.is_file():
-            raise CatdogError(f"nothing to resume: {state_path} does not exist")
-        state = checkpoint.load(state_path, checkpoint.KIND_VAE_TRAIN_STATE)
-        saved = from_dict(VAETrainConfig, state["train_config"])
-        overrides = {name: getattr(cfg, name) for name in RUN_CONTROL_FIELDS}
-        return replace(saved, **overrides), state
-    if state_path.exists() or (save_dir / FINAL).exists():
-        raise CatdogError(
-            f"{save_dir} already holds a VAE run; pass --resume to continue it, or choose "
-            "another --save_dir"
-        )
-    return cfg, None
-
-
 def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) a VAE run; returns the last epoch's record."""
-    cfg, state = _prepare_run(cfg, resume)
+    cfg, state = prepare_run(
+        cfg,
+        resume=resume,
+        state_name=STATE,
+        final_name=FINAL,
+        state_kind=checkpoint.KIND_VAE_TRAIN_STATE,
+        what="VAE",
+    )
     save_dir = Path(cfg.save_dir)
     if cfg.model.image_size != cfg.data.image_size:
         raise CatdogError(
@@ -287,7 +276,7 @@ def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
             if epoch % cfg.viz_every == 0 or last or stopping:
                 _save_pictures(save_dir, epoch, val_set, val_means, recon, cfg.seed)
         history.append(record)
-        _write_metrics(save_dir, history)
+        write_metrics(save_dir, history, CURVE_KEYS)
         summary = ", ".join(
             f"{k} {record[k]:.4g}"
             for k in ("loss_total", "loss_rec", "val_psnr", "probe_acc", "images_per_s")
@@ -331,25 +320,4 @@ def _save_pictures(
         val.labels,
         seed=seed,
         title=f"t-SNE of held-out latent means (epoch {epoch})",
-    )
-
-
-def _write_metrics(save_dir: Path, history: list[dict]) -> None:
-    lines = "".join(json.dumps(r) + "\n" for r in history)
-    checkpoint.atomic_write_bytes(save_dir / "metrics.jsonl", lines.encode())
-    viz.save_loss_curves(
-        save_dir / "loss_curves.png",
-        history,
-        [
-            "loss_total",
-            "loss_rec",
-            "loss_kl",
-            "loss_vgg",
-            "loss_adv",
-            "loss_disc",
-            "loss_cls",
-            "loss_center",
-            "val_psnr",
-            "probe_acc",
-        ],
     )

@@ -46,7 +46,7 @@ def save_reconstruction_grid(
     save_png(path, image_grid(torch.cat([originals, reconstructions]), nrow=n), scale=2)
 
 
-def _save_figure(fig: plt.Figure, path: str | os.PathLike) -> None:
+def save_figure(fig: plt.Figure, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
@@ -78,7 +78,7 @@ def save_tsne(
     ax.set_yticks([])
     ax.legend()
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -104,4 +104,4 @@ def save_loss_curves(path: str | os.PathLike, records: list[dict], keys: list[st
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -85,3 +87,29 @@ class ResBlock(nn.Module):
             h = h + self.emb(self.act(emb))[:, :, None, None]
         h = self.conv2(self.dropout(self.act(self.norm2(h))))
         return self.skip(x) + self.attn(h)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the h*w positions of a feature map, with a residual."""
+
+    def __init__(self, channels: int, *, heads: int = 4, groups: int = 8) -> None:
+        super().__init__()
+        self.norm = group_norm(channels, groups)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        out, _ = self.attn(tokens, tokens, tokens, need_weights=False)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps (Vaswani et al. 2017; DDPM)."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return nn.functional.pad(emb, (0, dim % 2))

@@ -1,0 +1,122 @@
+"""Diffusion speed on this machine: training throughput (latents/s) and sampling throughput
+(images/s, decoding included) for DDPM over all T steps, DDIM at 10, 25 and 50 steps and
+DPM-Solver++(2M) at 10, 20 and 25 steps, with classifier-free guidance (two UNet passes a step).
+
+Speed does not depend on the weights, so a model pair is optional: without --model-path the
+UNet and VAE of the chosen presets are built with random weights.
+
+    python bench/bench_diffusion.py [--model-path RUN/conditional_diffusion_final.pt]
+
+Appends one JSON record to bench/results/diffusion_speed.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from bench_vae import machine  # noqa: E402
+
+from catdog import checkpoint  # noqa: E402
+from catdog.config import UNetConfig, diffusion_preset, from_dict, to_dict, vae_preset  # noqa: E402
+from catdog.diffusion import NoiseSchedule  # noqa: E402
+from catdog.generate import sample_latents  # noqa: E402
+from catdog.models.unet import UNet  # noqa: E402
+from catdog.models.vae import VAE  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "diffusion_speed.jsonl"
+
+
+def train_throughput(unet: UNet, schedule: NoiseSchedule, batch: int, repeats: int = 5) -> float:
+    opt = torch.optim.AdamW(unet.parameters())
+    c, s = unet.cfg.latent_channels, unet.cfg.latent_size
+    x0, labels = torch.randn(batch, c, s, s), torch.randint(0, 2, (batch,))
+    unet.train()
+
+    def step() -> None:
+        noise = torch.randn_like(x0)
+        t = torch.randint(1, schedule.num_timesteps + 1, (batch,))
+        loss = (unet(schedule.add_noise(x0, noise, t), t, labels) - noise).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    unet.eval()
+    return batch * repeats / (time.perf_counter() - start)
+
+
+def sample_throughput(
+    unet, vae, schedule, sampler: str, steps: int, n: int, guidance: float
+) -> float:
+    labels = torch.arange(n) % 2
+    start = time.perf_counter()
+    z = sample_latents(unet, schedule, labels, list(range(n)), sampler=sampler, steps=steps,
+                       guidance=guidance, eta=0.0, batch_size=n)  # fmt: skip
+    with torch.no_grad():
+        vae.decode(vae.denormalize_latent(z))
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-path", default=None)
+    parser.add_argument("--preset", default="cpu", help="diffusion preset when no model is given")
+    parser.add_argument("--unet", default=None, help="JSON overrides of the UNet config")
+    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--images", type=int, default=64, help="images per sampling measurement")
+    parser.add_argument("--ddpm-images", type=int, default=8, help="images for the T-step DDPM")
+    parser.add_argument("--batch", type=int, default=128, help="training batch")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.model_path:
+        unet, schedule, record = checkpoint.load_diffusion(args.model_path)
+        vae, _ = checkpoint.find_vae(args.model_path, record)
+    else:
+        cfg = diffusion_preset(args.preset)
+        if args.unet:
+            cfg.unet = from_dict(UNetConfig, {**to_dict(cfg.unet), **json.loads(args.unet)})
+        unet, schedule = UNet(cfg.unet).eval(), NoiseSchedule(cfg.schedule)
+        vae = VAE(vae_preset("cpu").model).eval()
+    record = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "command": "python " + " ".join(sys.argv),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),  # fmt: skip
+        "unet_config": to_dict(unet.cfg),
+        "unet_params": sum(p.numel() for p in unet.parameters()),
+        "guidance": args.guidance,
+        "train_latents_per_s": round(train_throughput(unet, schedule, args.batch), 1),
+        "sampling_images_per_s": {},
+    }
+    runs = [("ddpm", schedule.num_timesteps, args.ddpm_images)]
+    runs += [("ddim", s, args.images) for s in (10, 25, 50)]
+    runs += [("dpmpp", s, args.images) for s in (10, 20, 25)]
+    for sampler, steps, n in runs:
+        speed = sample_throughput(unet, vae, schedule, sampler, steps, n, args.guidance)
+        record["sampling_images_per_s"][f"{sampler}-{steps}"] = round(speed, 2)
+        print(f"{sampler}-{steps}: {speed:.2f} images/s", flush=True)
+    print(f"training: {record['train_latents_per_s']} latents/s")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The class-conditional UNet that denoises VAE latents.
+
+Residual blocks receive a time embedding (sinusoidal, then an MLP) plus a class embedding.
+The class embedding has one extra row, the null label, and labels are replaced by it with
+probability ``class_dropout`` in training, so one network gives both the conditional and the
+unconditional prediction that classifier-free guidance combines (Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import UNetConfig
+from .layers import ResBlock, SelfAttention, group_norm, timestep_embedding
+
+
+class ClassEmbedder(nn.Module):
+    """Label -> embedding, with the named null label and training-time label dropout."""
+
+    def __init__(self, num_classes: int, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.null_label = num_classes
+        self.dropout = dropout
+        self.embedding = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.training and self.dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
+        return self.embedding(labels)
+
+
+class Level(nn.Module):
+    """Residual blocks (optionally each followed by self-attention) at one resolution."""
+
+    def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig, emb_dim: int, attention: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ResBlock(in_ch if i == 0 else out_ch, out_ch, groups=cfg.norm_groups, attention=False,
+                     emb_dim=emb_dim, dropout=cfg.dropout)
+            for i in range(cfg.blocks_per_level)
+        )  # fmt: skip
+        self.attn = nn.ModuleList(
+            SelfAttention(out_ch, heads=cfg.heads, groups=cfg.norm_groups)
+            if attention
+            else nn.Identity()
+            for _ in range(cfg.blocks_per_level)
+        )
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for block, attn in zip(self.blocks, self.attn, strict=True):
+            x = attn(block(x, emb))
+        return x
+
+
+class UNet(nn.Module):
+    """``forward(x_t, t, labels)`` -> the objective's prediction (eps or v), shaped like x_t."""
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.channels
+        emb_dim = 4 * ch[0]
+        self.time_mlp = nn.Sequential(
+            nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.class_embedder = ClassEmbedder(cfg.num_classes, emb_dim, cfg.class_dropout)
+        self.stem = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        for level, width in enumerate(ch):
+            prev = ch[level - 1] if level > 0 else ch[0]
+            self.down.append(Level(prev, width, cfg, emb_dim, level in cfg.attention_levels))
+            if level < len(ch) - 1:
+                self.downsample.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+        self.middle = Level(ch[-1], ch[-1], cfg, emb_dim, attention=True)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for level in reversed(range(len(ch))):
+            width = ch[level]  # input: the path (already at width) concatenated with the skip
+            self.up.append(Level(2 * width, width, cfg, emb_dim, level in cfg.attention_levels))
+            if level > 0:
+                self.upsample.append(
+                    nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                  nn.Conv2d(width, ch[level - 1], 3, padding=1))
+                )  # fmt: skip
+        self.norm_out = group_norm(ch[0], cfg.norm_groups)
+        self.head = nn.Conv2d(ch[0], cfg.latent_channels, 3, padding=1)
+        nn.init.zeros_(self.head.weight)  # start as the zero predictor (stable early training)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def null_label(self) -> int:
+        return self.class_embedder.null_label
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.cfg.channels[0])) + self.class_embedder(
+            labels
+        )
+        h = self.stem(x)  # (B, C0, H, W)
+        skips = []
+        for level, block in enumerate(self.down):
+            h = block(h, emb)
+            skips.append(h)
+            if level < len(self.downsample):
+                h = self.downsample[level](h)
+        h = self.middle(h, emb)
+        for i, block in enumerate(self.up):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if i < len(self.upsample):
+                h = self.upsample[i](h)
+        return self.head(nn.functional.silu(self.norm_out(h)))

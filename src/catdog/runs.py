@@ -1,0 +1,47 @@
+"""What every training loop shares: starting or resuming a run folder, and per-epoch metrics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import checkpoint, viz
+from .config import from_dict
+from .errors import CatdogError
+
+T = TypeVar("T")
+# Fields a resumed run takes from the command line; everything else comes from the saved run.
+RUN_CONTROL_FIELDS = ("epochs", "max_minutes", "stop_at_epoch", "progress")
+
+
+def prepare_run(
+    cfg: T, *, resume: bool, state_name: str, final_name: str, state_kind: str, what: str
+) -> tuple[T, dict[str, Any] | None]:
+    """The config to run with and, when resuming, the saved training state.
+
+    A new run refuses a folder that already holds one (nothing is overwritten); a resumed run
+    uses its saved config, except for the run-control fields given now.
+    """
+    save_dir = Path(cfg.save_dir)  # type: ignore[attr-defined]
+    state_path = save_dir / state_name
+    if resume:
+        if not state_path.is_file():
+            raise CatdogError(f"nothing to resume: {state_path} does not exist")
+        state = checkpoint.load(state_path, state_kind)
+        saved = from_dict(type(cfg), state["train_config"])
+        return replace(saved, **{name: getattr(cfg, name) for name in RUN_CONTROL_FIELDS}), state
+    if state_path.exists() or (save_dir / final_name).exists():
+        raise CatdogError(
+            f"{save_dir} already holds a {what} run; pass --resume to continue it, or choose "
+            "another --save_dir"
+        )
+    return cfg, None
+
+
+def write_metrics(save_dir: Path, history: list[dict], curve_keys: list[str]) -> None:
+    """Rewrite metrics.jsonl (atomically) and the loss-curve figure from the run's history."""
+    lines = "".join(json.dumps(record) + "\n" for record in history)
+    checkpoint.atomic_write_bytes(save_dir / "metrics.jsonl", lines.encode())
+    viz.save_loss_curves(save_dir / "loss_curves.png", history, curve_keys)

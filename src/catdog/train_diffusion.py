@@ -1,0 +1,216 @@
+"""The diffusion training loop: a class-conditional UNet on cached, normalised VAE latents.
+
+The training images and their mirror images are encoded once (posterior mean and log-variance)
+and cached in the run folder, keyed by the VAE's content hash. Each step draws z from the
+cached posterior (``latent_sampling: posterior``, a free augmentation) or uses its mean
+(``mean``), normalises it with the statistics stored in the VAE checkpoint, and regresses the
+schedule's target. An EMA of the weights is what gets saved for sampling.
+
+Run folder (``save_dir``)::
+
+    config.json, metrics.jsonl, loss_curves.png
+    conditional_diffusion_final.pt      EMA UNet + schedule + VAE link, for generation
+    diffusion_train_state.pt            everything --resume needs
+    latents.pt                          the cached training latents
+    samples/epoch_NNNN.png              a grid of cats (top rows) and dogs (bottom rows)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import checkpoint, viz
+from .config import DiffusionTrainConfig, to_dict
+from .data import load_split, to_float
+from .diffusion import NoiseSchedule, ddim_sample, per_sample_noise
+from .ema import EMA
+from .errors import CatdogError
+from .models.unet import UNet
+from .runs import prepare_run, write_metrics
+
+FINAL, STATE, LATENTS = "conditional_diffusion_final.pt", "diffusion_train_state.pt", "latents.pt"
+
+
+@torch.no_grad()
+def encode_training_set(vae: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Posterior (mean, logvar) of every image and of its mirror image: rows [0, N) as given,
+    [N, 2N) flipped."""
+    means, logvars = [], []
+    for flip in (False, True):
+        for chunk in images.split(256):
+            x = to_float(chunk)
+            mean, logvar = vae.encode(x.flip(-1) if flip else x)
+            means.append(mean)
+            logvars.append(logvar)
+    return torch.cat(means), torch.cat(logvars)
+
+
+def load_or_cache_latents(
+    cfg: DiffusionTrainConfig, vae: torch.nn.Module, vae_hash: str
+) -> dict[str, torch.Tensor]:
+    path = Path(cfg.save_dir) / LATENTS
+    if path.is_file():
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached.get("vae_sha256") == vae_hash and cached.get("split") == cfg.data.train_split:
+            return cached
+    data = load_split(cfg.data, cfg.data.train_split)
+    known = data.labels >= 0
+    if not known.all():
+        raise CatdogError("diffusion training needs labelled images (cat/dog), not 'unlabeled'")
+    mean, logvar = encode_training_set(vae, data.images)
+    cached = {
+        "mean": mean,
+        "logvar": logvar,
+        "labels": torch.cat([data.labels, data.labels]),
+        "vae_sha256": vae_hash,
+        "split": cfg.data.train_split,
+    }
+    checkpoint.atomic_write(path, lambda f: torch.save(cached, f))
+    return cached
+
+
+@torch.no_grad()
+def sample_grid(
+    unet: torch.nn.Module,
+    vae: torch.nn.Module,
+    schedule: NoiseSchedule,
+    *,
+    per_class: int = 8,
+    steps: int = 25,
+    guidance: float = 2.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Images (2 * per_class, 3, H, W): ``per_class`` cats, then as many dogs."""
+    labels = torch.arange(2).repeat_interleave(per_class)
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(labels))]
+    shape = (unet.cfg.latent_channels, unet.cfg.latent_size, unet.cfg.latent_size)
+    x = per_sample_noise(shape, gens)
+    z = ddim_sample(unet, x, schedule.spaced_timesteps(min(steps, schedule.num_timesteps)),
+                    labels=labels, schedule=schedule, null_label=unet.null_label,
+                    guidance=guidance)  # fmt: skip
+    return vae.decode(vae.denormalize_latent(z)).clamp(-1, 1)
+
+
+def train(cfg: DiffusionTrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Train (or, with ``resume``, continue) a diffusion run; returns the last epoch's record."""
+    cfg, state = prepare_run(
+        cfg,
+        resume=resume,
+        state_name=STATE,
+        final_name=FINAL,
+        state_kind=checkpoint.KIND_DIFFUSION_TRAIN_STATE,
+        what="diffusion",
+    )
+    if cfg.latent_sampling not in ("posterior", "mean"):
+        raise CatdogError(f"latent_sampling must be posterior or mean, not {cfg.latent_sampling!r}")
+    save_dir = Path(cfg.save_dir)
+    vae, _ = checkpoint.load_vae(cfg.vae_path)
+    if not bool(vae.has_latent_stats):
+        raise CatdogError(f"VAE {cfg.vae_path} has no latent statistics (an unfinished run?)")
+    vae_hash = checkpoint.content_hash(vae.state_dict())
+    if state is not None and state["vae"]["sha256"] != vae_hash:
+        raise CatdogError(f"VAE {cfg.vae_path} is not the one this diffusion run was trained on")
+    if (vae.cfg.latent_channels, vae.cfg.latent_size) != (
+        cfg.unet.latent_channels,
+        cfg.unet.latent_size,
+    ):
+        raise CatdogError(
+            f"UNet latent {cfg.unet.latent_channels}x{cfg.unet.latent_size} does not match the "
+            f"VAE's {vae.cfg.latent_shape}"
+        )
+    if cfg.data.image_size != vae.cfg.image_size:
+        cfg.data.image_size = vae.cfg.image_size  # the data follows the VAE
+
+    torch.manual_seed(cfg.seed)
+    data_rng = torch.Generator().manual_seed(cfg.seed + 1)
+    latents = load_or_cache_latents(cfg, vae, vae_hash)
+    schedule = NoiseSchedule(cfg.schedule)
+    unet = UNet(cfg.unet)
+    ema = EMA(unet, cfg.ema_decay)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    start_epoch, step, history = 0, 0, []
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        torch.set_rng_state(state["rng"])
+        data_rng.set_state(state["data_rng"])
+    checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
+    vae_link = {"sha256": vae_hash, "path": str(Path(cfg.vae_path).resolve())}
+
+    def save_state(epoch: int) -> None:
+        checkpoint.save(save_dir / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE, {
+            "train_config": to_dict(cfg), "unet": unet.state_dict(), "ema": ema.state_dict(),
+            "opt": opt.state_dict(), "epoch": epoch, "step": step, "history": history,
+            "rng": torch.get_rng_state(), "data_rng": data_rng.get_state(), "vae": vae_link,
+        })  # fmt: skip
+
+    def save_final(epoch: int, record: dict) -> None:
+        checkpoint.save(save_dir / FINAL, checkpoint.KIND_DIFFUSION, checkpoint.diffusion_payload(
+            ema.model, to_dict(cfg.schedule), vae_link, to_dict(cfg), epoch=epoch, metrics=record,
+        ))  # fmt: skip
+
+    n = len(latents["labels"])
+    started = time.monotonic()
+    record: dict[str, Any] = history[-1] if history else {}
+    unet.train()
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        epoch_start, loss_sum = time.monotonic(), 0.0
+        perm = torch.randperm(n, generator=data_rng)
+        for index in tqdm(perm.split(cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}",
+                          leave=False, disable=not cfg.progress):  # fmt: skip
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            mean, labels = latents["mean"][index], latents["labels"][index]
+            if cfg.latent_sampling == "posterior":
+                std = (0.5 * latents["logvar"][index]).exp()
+                mean = mean + std * torch.randn(mean.shape, generator=data_rng)
+            x0 = vae.normalize_latent(mean)
+            noise = torch.randn(x0.shape, generator=data_rng)
+            t = torch.randint(1, schedule.num_timesteps + 1, (len(index),), generator=data_rng)
+            prediction = unet(schedule.add_noise(x0, noise, t), t, labels)
+            per_sample = F.mse_loss(prediction, schedule.target(x0, noise, t), reduction="none")
+            loss = (schedule.loss_weight(t) * per_sample.flatten(1).mean(1)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+            opt.step()
+            ema.update(unet)
+            loss_sum += loss.item() * len(index)
+            step += 1
+        elapsed = time.monotonic() - epoch_start
+        record = {"epoch": epoch, "step": step, "lr": lr, "loss": loss_sum / n,
+                  "latents_per_s": n / elapsed, "epoch_seconds": elapsed}  # fmt: skip
+        history.append(record)
+        time_up = (
+            cfg.max_minutes is not None and (time.monotonic() - started) > 60 * cfg.max_minutes
+        )
+        stopping = time_up or (cfg.stop_at_epoch is not None and epoch >= cfg.stop_at_epoch)
+        last = epoch == cfg.epochs
+        if epoch % cfg.sample_every == 0 or last or stopping:
+            images = sample_grid(ema.model, vae, schedule, seed=cfg.seed)
+            viz.save_png(save_dir / "samples" / f"epoch_{epoch:04d}.png",
+                         viz.image_grid(images, nrow=8), scale=2)  # fmt: skip
+        write_metrics(save_dir, history, ["loss", "latents_per_s"])
+        if last:
+            save_final(epoch, record)
+        if epoch % cfg.checkpoint_every == 0 or last or stopping:
+            save_state(epoch)
+        if cfg.progress and (epoch % 10 == 0 or last or stopping):
+            tqdm.write(
+                f"epoch {epoch}: loss {record['loss']:.4f}, {record['latents_per_s']:.0f} latents/s"
+            )
+        if stopping and not last:
+            if cfg.progress:
+                tqdm.write(f"stopped after epoch {epoch}; continue with --resume")
+            break
+    return record

@@ -1,0 +1,225 @@
+"""Pictures that explain the diffusion stage: the denoising path, GIFs of the reverse process,
+and original / reconstruction / noised-and-denoised comparisons.
+
+Every panel is labelled with what it shows: decoded *predicted x0* (the model's current guess
+of the clean latent) or the decoded *current latent x_t*.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import imageio.v2 as imageio
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+
+from . import CLASS_NAMES
+from .checkpoint import atomic_write_bytes
+from .data import ImageSet, to_float, to_uint8
+from .diffusion import NoiseSchedule, ddim_sample, per_sample_noise
+from .viz import save_figure
+
+
+@torch.no_grad()
+def reverse_trajectory(
+    unet: torch.nn.Module, schedule: NoiseSchedule, label: int, seed: int, *, steps: int = 50,
+    guidance: float = 2.0,
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One reverse DDIM run for one class: the timesteps, the latents x_t after each step
+    (steps + 1, C, h, w, starting with the noise), and the predicted x0 at each step."""
+    shape = (unet.cfg.latent_channels, unet.cfg.latent_size, unet.cfg.latent_size)
+    x_T = per_sample_noise(shape, [torch.Generator().manual_seed(seed)])
+    timesteps = schedule.spaced_timesteps(steps)
+    xs, x0s, ts = [x_T[0]], [], [timesteps[0]]
+
+    def record(i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        xs.append(x[0])
+        x0s.append(x0[0])
+        ts.append(t)
+
+    ddim_sample(unet, x_T, timesteps, labels=torch.tensor([label]), schedule=schedule,
+                null_label=unet.null_label, guidance=guidance, callback=record)  # fmt: skip
+    return ts, torch.stack(xs), torch.stack(x0s)
+
+
+def _decode(vae: torch.nn.Module, normalised: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return vae.decode(vae.denormalize_latent(normalised)).clamp(-1, 1)
+
+
+def _show(ax: plt.Axes, image: torch.Tensor, title: str) -> None:
+    ax.imshow(to_uint8(image).permute(1, 2, 0).numpy())
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def save_denoising_path(
+    path: str | os.PathLike,
+    unet: torch.nn.Module,
+    vae: torch.nn.Module,
+    schedule: NoiseSchedule,
+    real_latents: torch.Tensor,
+    real_labels: torch.Tensor,
+    *,
+    seed: int = 0,
+    steps: int = 50,
+    guidance: float = 2.0,
+    shown: int = 6,
+    show: str = "x0",
+) -> None:
+    """One reverse trajectory per class: decoded images at ``shown`` steps (predicted x0, or
+    the current latent x_t with ``show='xt'``), and beside them the trajectory's latent path
+    projected (PCA) onto the cloud of real latents (normalised), coloured by class."""
+    pca = PCA(2, random_state=0).fit(real_latents.flatten(1).numpy())
+    cloud = pca.transform(real_latents.flatten(1).numpy())
+    fig = plt.figure(figsize=(2 + 1.3 * shown + 3.5, 2.6 * len(CLASS_NAMES)))
+    grid = fig.add_gridspec(len(CLASS_NAMES), shown + 3)
+    for row, name in enumerate(CLASS_NAMES):
+        ts, xs, x0s = reverse_trajectory(unet, schedule, row, seed + row, steps=steps,
+                                         guidance=guidance)  # fmt: skip
+        picks = np.linspace(0, steps - 1, shown).round().astype(int)
+        for col, i in enumerate(picks):
+            image = _decode(vae, (x0s[i] if show == "x0" else xs[i + 1])[None])[0]
+            label = "predicted x0" if show == "x0" else "current x_t"
+            _show(
+                fig.add_subplot(grid[row, col]),
+                image,
+                f"{name}: {label}\nstep {i + 1}, t={ts[i + 1]}",
+            )
+        ax = fig.add_subplot(grid[row, shown:])
+        for label_id, class_name in enumerate(CLASS_NAMES):
+            pts = cloud[real_labels.numpy() == label_id]
+            ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.35, label=f"real {class_name}")
+        traj = pca.transform(xs.flatten(1).numpy())
+        ax.plot(traj[:, 0], traj[:, 1], "k.-", lw=1, ms=3, label=f"path to a {name} (x_t)")
+        ax.scatter(*traj[0], marker="x", c="k", s=40, label="start (noise)")
+        ax.scatter(*traj[-1], marker="*", c="red", s=90, label="end")
+        ax.set_title(f"latent path of the {name} sample, PCA of real test latents", fontsize=8)
+        ax.legend(fontsize=6, loc="best")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_denoising_gif(
+    path: str | os.PathLike,
+    unet: torch.nn.Module,
+    vae: torch.nn.Module,
+    schedule: NoiseSchedule,
+    label: int,
+    *,
+    seed: int = 0,
+    steps: int = 50,
+    guidance: float = 2.0,
+    scale: int = 4,
+) -> None:
+    """Animated GIF from noise to image: each frame shows the decoded current latent x_t
+    (left) and the decoded predicted x0 (right); the last frame is held for 1.5 s."""
+    ts, xs, x0s = reverse_trajectory(unet, schedule, label, seed, steps=steps, guidance=guidance)
+    current = _decode(vae, xs[1:])
+    predicted = _decode(vae, x0s)
+    frames = []
+    for cur, pred in zip(current, predicted, strict=True):
+        pair = torch.cat([cur, torch.ones(3, cur.shape[1], 2), pred], dim=2)
+        frame = to_uint8(pair).permute(1, 2, 0).numpy()
+        frames.append(np.kron(frame, np.ones((scale, scale, 1), dtype=np.uint8)))
+    durations = [80] * (len(frames) - 1) + [1500]  # milliseconds; the final image is held
+    buffer = io.BytesIO()
+    imageio.mimsave(buffer, frames, format="GIF", duration=durations, loop=0)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+@torch.no_grad()
+def save_comparison(
+    path: str | os.PathLike,
+    unet: torch.nn.Module,
+    vae: torch.nn.Module,
+    schedule: NoiseSchedule,
+    originals: ImageSet,
+    *,
+    noise_levels: tuple[int, ...] = (200, 500, 800),
+    steps: int = 25,
+    guidance: float = 2.0,
+    seed: int = 0,
+) -> None:
+    """Rows: real images. Columns: the original, its VAE reconstruction, and its latent noised
+    to step t and denoised back with its own class label (SDEdit, Meng et al. 2022)."""
+    x = to_float(originals.images)
+    mean, _ = vae.encode(x)
+    recon = vae.decode(mean).clamp(-1, 1)
+    z0 = vae.normalize_latent(mean)
+    columns = [("original", x), ("VAE reconstruction", recon)]
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(x))]
+    noise = per_sample_noise(z0.shape[1:], gens)
+    for t in noise_levels:
+        t = min(t, schedule.num_timesteps)
+        x_t = schedule.add_noise(z0, noise, torch.full((len(x),), t))
+        timesteps = [s for s in schedule.spaced_timesteps(steps) if s < t]
+        z = ddim_sample(unet, x_t, [t, *timesteps], labels=originals.labels, schedule=schedule,
+                        null_label=unet.null_label, guidance=guidance)  # fmt: skip
+        columns.append((f"noised to t={t},\ndenoised", _decode(vae, z)))
+    fig, axes = plt.subplots(len(x), len(columns), figsize=(1.6 * len(columns), 1.7 * len(x)),
+                             squeeze=False)  # fmt: skip
+    for row in range(len(x)):
+        for col, (title, images) in enumerate(columns):
+            name = CLASS_NAMES[int(originals.labels[row])]
+            _show(axes[row, col], images[row], f"{title}" if row == 0 else "")
+            if col == 0:
+                axes[row, col].set_title(f"{title}\n(test {name} #{row})", fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def load_gif_frames(path: str | Path) -> list[np.ndarray]:
+    """The frames of a GIF (for tests and inspection)."""
+    return list(imageio.mimread(path))
+
+
+def make_figures(
+    model_path: str, output: str | os.PathLike, *, vae_path: str | None = None,
+    data_dir: str | None = None, steps: int = 50, guidance: float = 2.0, seed: int = 0,
+    comparisons: int = 4,
+) -> list[Path]:  # fmt: skip
+    """All diffusion figures for a model pair: the denoising path, one GIF per class, the
+    comparison grid, and one sample grid per class. Real latents come from the test split of
+    the data the model was trained on (or ``data_dir``)."""
+    from . import checkpoint
+    from .config import DataConfig, from_dict
+    from .data import balanced_subset, load_split
+    from .generate import sample_latents
+    from .train_vae import encode_means
+    from .viz import image_grid, save_png
+
+    unet, schedule, record = checkpoint.load_diffusion(model_path)
+    vae, _ = checkpoint.find_vae(model_path, record, vae_path)
+    data_cfg = from_dict(DataConfig, record["train_config"]["data"])
+    if data_dir is not None:
+        data_cfg.data_dir = data_dir
+    data_cfg.image_size = vae.cfg.image_size
+    test = balanced_subset(load_split(data_cfg, data_cfg.val_split), 400)
+    real = vae.normalize_latent(encode_means(vae, test.images))
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "denoising_path.png"]
+    save_denoising_path(written[0], unet, vae, schedule, real, test.labels, seed=seed,
+                        steps=steps, guidance=guidance)  # fmt: skip
+    for label, name in enumerate(CLASS_NAMES):
+        gif = out / f"denoising_{name}.gif"
+        save_denoising_gif(gif, unet, vae, schedule, label, seed=seed + label, steps=steps,
+                           guidance=guidance)  # fmt: skip
+        z = sample_latents(unet, schedule, torch.full((16,), label), list(range(seed, seed + 16)),
+                           steps=steps, guidance=guidance)  # fmt: skip
+        grid = out / f"samples_{name}.png"
+        save_png(grid, image_grid(_decode(vae, z), nrow=8), scale=2)
+        written += [gif, grid]
+    per_class = max(1, comparisons // 2)
+    index = torch.cat([torch.nonzero(test.labels == c).flatten()[:per_class] for c in (0, 1)])
+    written.append(out / "comparison.png")
+    save_comparison(written[-1], unet, vae, schedule, test.subset(index), guidance=guidance,
+                    seed=seed)  # fmt: skip
+    return written

@@ -1,0 +1,131 @@
+import pytest
+import torch
+from PIL import Image
+
+from catdog import checkpoint
+from catdog.config import GenerateConfig
+from catdog.errors import CatdogError
+from catdog.generate import generate, sample_latents
+from catdog.models.vae import VAE
+from tests.conftest import assert_one_line_error, run_cli
+
+
+def cfg_for(pair, output, **kw):
+    return GenerateConfig(model_path=str(pair), output=str(output), progress=False, **kw)
+
+
+def test_generate_writes_a_grid_and_one_png_per_image(tiny_pair, tmp_path):
+    paths = generate(cfg_for(tiny_pair, tmp_path, class_name="dog", num_samples=3, steps=5))
+    assert [p.name for p in paths] == [
+        "dog_grid.png",
+        "dog_0000.png",
+        "dog_0001.png",
+        "dog_0002.png",
+    ]
+    for p in paths[1:]:
+        with Image.open(p) as im:
+            assert im.size == (16, 16) and im.mode == "RGB"
+    with Image.open(paths[0]) as im:
+        im.verify()
+
+
+def test_same_seed_same_image_whatever_the_batch_size(tiny_pair, tmp_path):
+    kw = dict(class_name="cat", num_samples=3, steps=4, eta=1.0, guidance=2.0)
+    one = generate(cfg_for(tiny_pair, tmp_path / "one", batch_size=1, **kw))
+    three = generate(cfg_for(tiny_pair, tmp_path / "three", batch_size=3, **kw))
+    for a, b in zip(one[1:], three[1:], strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    shifted = generate(cfg_for(tiny_pair, tmp_path / "shift", seed=1, **{**kw, "num_samples": 1}))
+    assert shifted[1].read_bytes() == one[2].read_bytes()  # image i uses seed + i
+
+
+def test_saved_model_is_loaded_model(tiny_pair):
+    unet, schedule, record = checkpoint.load_diffusion(tiny_pair)
+    again, _, _ = checkpoint.load_diffusion(tiny_pair)
+    labels = torch.tensor([0, 1])
+    a = sample_latents(unet, schedule, labels, [5, 6], steps=3, guidance=1.5)
+    b = sample_latents(again, schedule, labels, [5, 6], steps=3, guidance=1.5)
+    assert torch.equal(a, b)
+
+
+def test_ddpm_sampler_runs_all_steps(tiny_pair, tmp_path):
+    paths = generate(cfg_for(tiny_pair, tmp_path, sampler="ddpm", num_samples=1, guidance=1.0))
+    assert len(paths) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"class_name": "horse"}, "valid classes: cat, dog"),
+        ({"num_samples": 0}, "--num_samples must be at least 1"),
+        ({"steps": 0}, "--steps must be in"),
+        ({"steps": 101}, "--steps must be in 1..100"),
+        ({"sampler": "euler"}, "unknown sampler"),
+    ],
+)
+def test_bad_requests_are_clear_errors(tiny_pair, tmp_path, overrides, message):
+    with pytest.raises(CatdogError, match=message):
+        generate(cfg_for(tiny_pair, tmp_path / "out", **overrides))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_checkpoints_are_clear_errors(tiny_pair, tiny_vae, tmp_path):
+    with pytest.raises(CatdogError, match="not found"):
+        generate(cfg_for(tmp_path / "missing.pt", tmp_path / "o"))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(tiny_pair.read_bytes()[:5000])
+    with pytest.raises(CatdogError, match="corrupt or truncated"):
+        generate(cfg_for(corrupt, tmp_path / "o"))
+    with pytest.raises(CatdogError, match="is a VAE checkpoint, but a diffusion checkpoint"):
+        generate(cfg_for(tiny_vae, tmp_path / "o"))
+    vae, _ = checkpoint.load_vae(tiny_vae)
+    other = tmp_path / "other_vae.pt"
+    checkpoint.save(other, checkpoint.KIND_VAE, checkpoint.vae_payload(VAE(vae.cfg), {}))
+    with pytest.raises(CatdogError, match="does not match diffusion checkpoint"):
+        generate(cfg_for(tiny_pair, tmp_path / "o", vae_path=str(other)))
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_is_a_clear_error(tiny_pair, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("I am a file, not a folder")
+    with pytest.raises(CatdogError, match="cannot write to output folder"):
+        generate(cfg_for(tiny_pair, blocker / "sub"))
+
+
+def test_moved_pair_finds_its_vae_beside_it(tiny_pair, tiny_vae, tmp_path):
+    (tmp_path / tiny_vae.name).write_bytes(tiny_vae.read_bytes())
+    moved = tmp_path / "model.pt"
+    record = torch.load(tiny_pair, weights_only=True)
+    record["vae"]["path"] = "/nonexistent/elsewhere/" + tiny_vae.name
+    torch.save(record, moved)
+    assert len(generate(cfg_for(moved, tmp_path / "o", num_samples=1, steps=2))) == 2
+    (tmp_path / tiny_vae.name).unlink()
+    with pytest.raises(CatdogError, match="pass it with --vae_path"):
+        generate(cfg_for(moved, tmp_path / "o2", num_samples=1, steps=2))
+
+
+def test_original_scripts_end_to_end(tiny_data, tmp_path):
+    """main.py --mode vae, then --mode diffusion, then generate.py, as a user runs them."""
+    results = tmp_path / "results"
+    vae = run_cli("main.py", "--mode", "vae", "--preset", "tiny", "--epochs", "1", "--lr", "1e-3",
+                  "--lambda_vgg", "0", "--save_dir", str(results), "--data-dir", str(tiny_data),
+                  "--no-progress")  # fmt: skip
+    assert vae.returncode == 0, vae.stderr
+    diffusion = run_cli("main.py", "--mode", "diffusion", "--preset", "tiny",
+                        "--vae_path", str(results / "vae_gan_best.pt"), "--epochs", "2",
+                        "--lr", "1e-3", "--save_dir", str(results), "--data-dir", str(tiny_data),
+                        "--no-progress")  # fmt: skip
+    assert diffusion.returncode == 0, diffusion.stderr
+    out = tmp_path / "samples"
+    gen = run_cli("generate.py", "--class_name", "cat", "--num_samples", "4", "--model_path",
+                  str(results / "conditional_diffusion_final.pt"), "--steps", "5",
+                  "--output", str(out), "--no-progress")  # fmt: skip
+    assert gen.returncode == 0, gen.stderr
+    assert len(list(out.glob("cat_0*.png"))) == 4 and (out / "cat_grid.png").is_file()
+    bad = run_cli("generate.py", "--class_name", "horse", "--model_path",
+                  str(results / "conditional_diffusion_final.pt"))  # fmt: skip
+    assert_one_line_error(bad, "unknown class 'horse'", "cat, dog")
+    packaged = run_cli("-m", "catdog", "generate", "--class-name", "dog", "--num-samples", "0",
+                       "--model-path", str(results / "conditional_diffusion_final.pt"))  # fmt: skip
+    assert_one_line_error(packaged, "--num_samples must be at least 1")

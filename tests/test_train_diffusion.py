@@ -1,0 +1,77 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from catdog import checkpoint
+from catdog.data import load_folder, to_float
+from catdog.errors import CatdogError
+from catdog.models.vae import VAE
+from catdog.train_diffusion import FINAL, LATENTS, STATE, encode_training_set, train
+from tests.conftest import tiny_diffusion_cfg
+
+
+def test_training_writes_an_ema_checkpoint_linked_to_its_vae(tiny_data, tiny_vae, tiny_pair):
+    save_dir = tiny_pair.parent
+    unet, schedule, record = checkpoint.load_diffusion(tiny_pair)
+    vae, _ = checkpoint.load_vae(tiny_vae)
+    assert record["vae"]["sha256"] == checkpoint.content_hash(vae.state_dict())
+    found, path = checkpoint.find_vae(tiny_pair, record)
+    assert path.resolve() == tiny_vae.resolve()
+    state = checkpoint.load(save_dir / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE)
+    # Sampling weights are the EMA, not the live weights.
+    assert all(torch.equal(record["state_dict"][k], v) for k, v in state["ema"].items())
+    assert not all(torch.equal(record["state_dict"][k], v) for k, v in state["unet"].items())
+    history = [json.loads(x) for x in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2] and history[-1]["loss"] > 0
+    with Image.open(save_dir / "samples" / "epoch_0002.png") as im:
+        im.verify()
+    cached = torch.load(save_dir / LATENTS, weights_only=True)
+    assert cached["mean"].shape == (48, 2, 8, 8)  # 24 images and their mirror images
+    assert cached["labels"].tolist() == ([0] * 12 + [1] * 12) * 2
+
+
+def test_cached_latents_are_the_posterior_of_images_and_mirrors(tiny_data, tiny_vae):
+    vae, _ = checkpoint.load_vae(tiny_vae)
+    images = load_folder(tiny_data, "train", 16).images[:3]
+    mean, logvar = encode_training_set(vae, images)
+    with torch.no_grad():
+        direct = vae.encode(to_float(images[1:2]).flip(-1))
+    torch.testing.assert_close(mean[3 + 1], direct[0][0])
+    torch.testing.assert_close(logvar[3 + 1], direct[1][0])
+
+
+def test_resume_continues_exactly(tiny_data, tiny_vae, tmp_path):
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "a", epochs=3))
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "b", epochs=3, stop_at_epoch=1))
+    assert not (tmp_path / "b" / FINAL).exists()
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "b", epochs=3), resume=True)
+    a = checkpoint.load(tmp_path / "a" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
+    b = checkpoint.load(tmp_path / "b" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_vae_without_statistics_or_of_another_shape_is_refused(tiny_data, tiny_vae, tmp_path):
+    raw = tmp_path / "raw_vae.pt"
+    vae, record = checkpoint.load_vae(tiny_vae)
+    fresh = VAE(vae.cfg)
+    checkpoint.save(raw, checkpoint.KIND_VAE, checkpoint.vae_payload(fresh, {}))
+    with pytest.raises(CatdogError, match="no latent statistics"):
+        train(tiny_diffusion_cfg(tiny_data, raw, tmp_path / "r1", epochs=1))
+    cfg = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "r2", epochs=1)
+    cfg.unet.latent_channels = 4
+    with pytest.raises(CatdogError, match="does not match the VAE"):
+        train(cfg)
+
+
+def test_resume_after_the_vae_file_changed_is_refused(tiny_data, tiny_vae, tmp_path):
+    vae_copy = tmp_path / "vae.pt"
+    vae_copy.write_bytes(tiny_vae.read_bytes())
+    train(tiny_diffusion_cfg(tiny_data, vae_copy, tmp_path / "run", epochs=2, stop_at_epoch=1))
+    vae, _ = checkpoint.load_vae(tiny_vae)
+    other = VAE(vae.cfg)
+    other.set_latent_stats(torch.randn(10, 2, 8, 8))
+    checkpoint.save(vae_copy, checkpoint.KIND_VAE, checkpoint.vae_payload(other, {}))
+    with pytest.raises(CatdogError, match="is not the one"):
+        train(tiny_diffusion_cfg(tiny_data, vae_copy, tmp_path / "run", epochs=2), resume=True)

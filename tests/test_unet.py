@@ -1,0 +1,59 @@
+import torch
+
+from catdog.config import UNetConfig
+from catdog.ema import EMA
+from catdog.models.unet import UNet
+
+TINY = UNetConfig(latent_channels=2, latent_size=8, channels=(8, 16), blocks_per_level=1,
+                  attention_levels=(1,), heads=2, norm_groups=4)  # fmt: skip
+
+
+def test_unet_output_shape_and_conditioning():
+    torch.manual_seed(0)
+    net = UNet(TINY)
+    torch.nn.init.normal_(net.head.weight, std=0.1)  # the head starts at zero
+    net.eval()
+    x, t = torch.randn(3, 2, 8, 8), torch.tensor([1, 500, 999])
+    out = net(x, t, torch.tensor([0, 1, 2]))
+    assert out.shape == x.shape
+    assert not torch.allclose(
+        net(x, t, torch.tensor([0, 0, 0])), net(x, t, torch.tensor([1, 1, 1]))
+    )
+    assert not torch.allclose(
+        net(x, t, torch.tensor([0, 0, 0])), net(x, t + 1, torch.tensor([0, 0, 0]))
+    )
+
+
+def test_three_level_unet():
+    cfg = UNetConfig(latent_channels=4, latent_size=12, channels=(8, 16, 16), blocks_per_level=1,
+                     attention_levels=(2,), heads=2, norm_groups=4)  # fmt: skip
+    assert UNet(cfg)(
+        torch.randn(2, 4, 12, 12), torch.tensor([3, 4]), torch.tensor([0, 1])
+    ).shape == (2, 4, 12, 12)
+
+
+def test_label_dropout_only_in_training():
+    net = UNet(UNetConfig(**{**TINY.__dict__, "class_dropout": 0.5}))
+    assert net.null_label == 2
+    labels = torch.zeros(4000, dtype=torch.long)
+    net.train()
+    emb = net.class_embedder(labels)
+    null = net.class_embedder.embedding.weight[2]
+    dropped = (emb == null).all(dim=1).float().mean().item()
+    assert 0.45 < dropped < 0.55
+    net.eval()
+    assert not (net.class_embedder(labels) == null).all(dim=1).any()
+
+
+def test_ema_tracks_weights():
+    net = torch.nn.Linear(2, 2)
+    ema = EMA(net, decay=0.5)
+    before = ema.model.weight.clone()
+    with torch.no_grad():
+        net.weight.add_(2.0)
+    ema.update(net)
+    torch.testing.assert_close(ema.model.weight, before + 1.0)
+    restored = EMA(torch.nn.Linear(2, 2))
+    restored.load_state_dict(ema.state_dict())
+    assert torch.equal(restored.model.weight, ema.model.weight)
+    assert not any(p.requires_grad for p in ema.model.parameters())
