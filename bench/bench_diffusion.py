@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bench_vae import machine  # noqa: E402
+from common import append_record, record_header  # noqa: E402
 
 from catdog import checkpoint  # noqa: E402
 from catdog.config import UNetConfig, diffusion_preset, from_dict, to_dict, vae_preset  # noqa: E402
@@ -32,8 +30,6 @@ from catdog.diffusion import NoiseSchedule  # noqa: E402
 from catdog.generate import sample_latents  # noqa: E402
 from catdog.models.unet import UNet  # noqa: E402
 from catdog.models.vae import VAE  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "diffusion_speed.jsonl"
 
 
 def train_throughput(unet: UNet, schedule: NoiseSchedule, batch: int, repeats: int = 5) -> float:
@@ -93,12 +89,7 @@ def main() -> None:
         unet, schedule = UNet(cfg.unet).eval(), NoiseSchedule(cfg.schedule)
         vae = VAE(vae_preset("cpu").model).eval()
     record = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "command": "python " + " ".join(sys.argv),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),  # fmt: skip
+        **record_header(),
         "unet_config": to_dict(unet.cfg),
         "unet_params": sum(p.numel() for p in unet.parameters()),
         "guidance": args.guidance,
@@ -113,9 +104,7 @@ def main() -> None:
         record["sampling_images_per_s"][f"{sampler}-{steps}"] = round(speed, 2)
         print(f"{sampler}-{steps}: {speed:.2f} images/s", flush=True)
     print(f"training: {record['train_latents_per_s']} latents/s")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record("diffusion_speed.jsonl", record)
 
 
 if __name__ == "__main__":

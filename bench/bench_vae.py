@@ -9,38 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from common import append_record, record_header  # noqa: E402
 
 from catdog.cli import add_vae_train_args, vae_config_from_args  # noqa: E402
 from catdog.train_vae import train  # noqa: E402
 from catdog.viz import read_jsonl  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "vae.jsonl"
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.system()}"
-    )
 
 
 def main() -> None:
@@ -66,12 +47,7 @@ def main() -> None:
     evals = [r for r in history if "val_psnr" in r]
     last = evals[-1]
     record = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "command": "python " + " ".join(sys.argv),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        **record_header(),
         "label": args.label,
         "latent_shape": list(cfg.model.latent_shape),
         "latent_dims": cfg.model.latent_channels * cfg.model.latent_size**2,
@@ -92,9 +68,7 @@ def main() -> None:
     from catdog.models.vae import VAE
 
     record["vae_params"] = sum(p.numel() for p in VAE(cfg.model).parameters())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record("vae.jsonl", record)
     print(json.dumps(record, indent=2))
 
 

@@ -9,18 +9,15 @@ Appends one JSON record to bench/results/vae_step.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bench_vae import machine  # noqa: E402
+from common import append_record, record_header  # noqa: E402
 
 from catdog.config import DiscriminatorConfig, VAEConfig  # noqa: E402
 from catdog.losses import (  # noqa: E402
@@ -31,8 +28,6 @@ from catdog.losses import (  # noqa: E402
 )
 from catdog.models.discriminator import PatchDiscriminator  # noqa: E402
 from catdog.models.vae import VAE  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "vae_step.jsonl"
 
 
 def images_per_second(cfg: VAEConfig, vgg, *, channels_last: bool, adversarial: bool) -> float:
@@ -89,12 +84,7 @@ def main() -> None:
         f"{full}, channels_last": (VAEConfig(), vgg, True, True),
     }
     record = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "command": "python " + " ".join(sys.argv),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        **record_header(),
         "batch": 32,
         "images_per_s": {},
     }
@@ -104,9 +94,7 @@ def main() -> None:
         )
         record["images_per_s"][name] = round(speed, 1)
         print(f"{speed:7.1f} img/s  {name}", flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record("vae_step.jsonl", record)
 
 
 if __name__ == "__main__":

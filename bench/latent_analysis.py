@@ -19,22 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bench_vae import machine  # noqa: E402
+from common import append_record, record_header  # noqa: E402
 
 from catdog.checkpoint import load_vae  # noqa: E402
 from catdog.config import DataConfig  # noqa: E402
 from catdog.data import load_split, to_float  # noqa: E402
 from catdog.metrics import linear_probe_accuracy, psnr  # noqa: E402
 from catdog.train_vae import encode_means  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "latent_analysis.jsonl"
 
 
 @torch.no_grad()
@@ -50,9 +47,7 @@ def analyse(path: str, data_dir: str, noise: float = 0.1) -> dict:
     )
     recon_noisy = torch.cat([vae.decode(m) for m in noisy.split(256)])
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "command": "python " + " ".join(sys.argv),
+        **record_header(),
         "checkpoint": path,
         "epoch": record.get("epoch"),
         "latent_shape": list(vae.cfg.latent_shape),
@@ -80,11 +75,9 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--data-dir", required=True)
     args = parser.parse_args()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for path in args.checkpoints:
         result = analyse(path, args.data_dir)
-        with open(RESULTS, "a") as f:
-            f.write(json.dumps(result) + "\n")
+        append_record("latent_analysis.jsonl", result)
         print(json.dumps(result))
 
 
