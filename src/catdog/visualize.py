@@ -141,14 +141,16 @@ def save_comparison(
     vae: torch.nn.Module,
     schedule: NoiseSchedule,
     originals: ImageSet,
+    names: list[str],
     *,
     noise_levels: tuple[int, ...] = (200, 500, 800),
     steps: int = 25,
     guidance: float = 2.0,
     seed: int = 0,
 ) -> None:
-    """Rows: real images. Columns: the original, its VAE reconstruction, and its latent noised
-    to step t and denoised back with its own class label (SDEdit, Meng et al. 2022)."""
+    """Rows: real images, labelled with ``names``. Columns: the original, its VAE
+    reconstruction, and its latent noised to step t and denoised back with its own class label
+    (SDEdit, Meng et al. 2022)."""
     x = to_float(originals.images)
     mean, _ = vae.encode(x)
     recon = vae.decode(mean).clamp(-1, 1)
@@ -167,10 +169,9 @@ def save_comparison(
                              squeeze=False)  # fmt: skip
     for row in range(len(x)):
         for col, (title, images) in enumerate(columns):
-            name = CLASS_NAMES[int(originals.labels[row])]
             _show(axes[row, col], images[row], f"{title}" if row == 0 else "")
             if col == 0:
-                axes[row, col].set_title(f"{title}\n(test {name} #{row})", fontsize=7)
+                axes[row, col].set_title(f"{title}\n({names[row]})", fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -219,7 +220,9 @@ def make_figures(
         written += [gif, grid]
     per_class = max(1, comparisons // 2)
     index = torch.cat([torch.nonzero(test.labels == c).flatten()[:per_class] for c in (0, 1)])
+    # The k-th image of each class in the test split, in file order.
+    names = [f"test {name} #{k}" for name in CLASS_NAMES for k in range(per_class)]
     written.append(out / "comparison.png")
-    save_comparison(written[-1], unet, vae, schedule, test.subset(index), guidance=guidance,
-                    seed=seed)  # fmt: skip
+    save_comparison(written[-1], unet, vae, schedule, test.subset(index), names,
+                    guidance=guidance, seed=seed)  # fmt: skip
     return written
