@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 from . import checkpoint, viz
 from .config import DiffusionTrainConfig, to_dict
 from .data import load_split, to_float
-from .diffusion import NoiseSchedule, ddim_sample, per_sample_noise
+from .diffusion import NoiseSchedule
 from .ema import EMA
 from .errors import CatdogError
+from .generate import sample_latents
 from .models.unet import UNet
 from .runs import prepare_run, write_metrics
 
@@ -88,12 +89,11 @@ def sample_grid(
 ) -> torch.Tensor:
     """Images (2 * per_class, 3, H, W): ``per_class`` cats, then as many dogs."""
     labels = torch.arange(2).repeat_interleave(per_class)
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(labels))]
-    shape = (unet.cfg.latent_channels, unet.cfg.latent_size, unet.cfg.latent_size)
-    x = per_sample_noise(shape, gens)
-    z = ddim_sample(unet, x, schedule.spaced_timesteps(min(steps, schedule.num_timesteps)),
-                    labels=labels, schedule=schedule, null_label=unet.null_label,
-                    guidance=guidance)  # fmt: skip
+    seeds = [seed + i for i in range(len(labels))]
+    steps = min(steps, schedule.num_timesteps)
+    z = sample_latents(
+        unet, schedule, labels, seeds, sampler="ddim", steps=steps, guidance=guidance
+    )
     return vae.decode(vae.denormalize_latent(z)).clamp(-1, 1)
 
 
