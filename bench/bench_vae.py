@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from common import append_record, record_header  # noqa: E402
 
 from catdog.cli import add_vae_train_args, vae_config_from_args  # noqa: E402
+from catdog.models.vae import VAE  # noqa: E402
 from catdog.train_vae import train  # noqa: E402
 from catdog.viz import read_jsonl  # noqa: E402
 
@@ -51,7 +52,7 @@ def main() -> None:
         "label": args.label,
         "latent_shape": list(cfg.model.latent_shape),
         "latent_dims": cfg.model.latent_channels * cfg.model.latent_size**2,
-        "vae_params": None,
+        "vae_params": sum(p.numel() for p in VAE(cfg.model).parameters()),
         "budget_minutes": args.minutes,
         "wall_minutes": round(wall / 60, 2),
         "epochs_done": history[-1]["epoch"],
@@ -65,9 +66,6 @@ def main() -> None:
         "kl_last": history[-1].get("loss_kl"),
         "run_dir": str(run_dir),
     }
-    from catdog.models.vae import VAE
-
-    record["vae_params"] = sum(p.numel() for p in VAE(cfg.model).parameters())
     append_record("vae.jsonl", record)
     print(json.dumps(record, indent=2))
 

@@ -18,7 +18,11 @@ from typing import Any
 
 import torch
 
+from .config import ScheduleConfig, UNetConfig, VAEConfig, from_dict, to_dict
+from .diffusion import NoiseSchedule
 from .errors import CatdogError
+from .models.unet import UNet
+from .models.vae import VAE
 
 FORMAT_VERSION = 1
 KIND_VAE = "catdog.vae"
@@ -89,8 +93,6 @@ def load(path: str | os.PathLike, kind: str) -> dict[str, Any]:
 def vae_payload(vae: torch.nn.Module, train_config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """What a VAE checkpoint holds: its model config, weights (with latent statistics) and the
     training config that produced it."""
-    from .config import to_dict
-
     return {
         "config": to_dict(vae.cfg),
         "state_dict": {k: v.detach().cpu().clone() for k, v in vae.state_dict().items()},
@@ -101,9 +103,6 @@ def vae_payload(vae: torch.nn.Module, train_config: dict[str, Any], **extra: Any
 
 def load_vae(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a VAE from a checkpoint; returns the model (eval mode) and the whole record."""
-    from .config import VAEConfig, from_dict
-    from .models.vae import VAE
-
     record = load(path, KIND_VAE)
     try:
         vae = VAE(from_dict(VAEConfig, record["config"]))
@@ -130,8 +129,6 @@ def diffusion_payload(
 ) -> dict[str, Any]:  # fmt: skip
     """What a diffusion checkpoint holds: the EMA UNet (used for sampling), its config, the noise
     schedule, and the VAE it was trained on (content hash and path)."""
-    from .config import to_dict
-
     return {
         "unet_config": to_dict(ema_model.cfg),
         "schedule_config": schedule_config,
@@ -144,10 +141,6 @@ def diffusion_payload(
 
 def load_diffusion(path: str | os.PathLike) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """Rebuild the EMA UNet (eval mode) and its noise schedule from a diffusion checkpoint."""
-    from .config import ScheduleConfig, UNetConfig, from_dict
-    from .diffusion import NoiseSchedule
-    from .models.unet import UNet
-
     record = load(path, KIND_DIFFUSION)
     try:
         unet = UNet(from_dict(UNetConfig, record["unet_config"]))
