@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# Main job (until shipped weights exist): a short VAE training on the data it finds, with pictures.
+# Main job: cats and dogs (grids, denoising GIFs, denoising path) from the shipped weights, on CPU.
 demo: $(VENV)/.installed
 	$(PY) -m catdog.demo
 

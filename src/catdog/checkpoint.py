@@ -47,6 +47,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -67,13 +70,52 @@ def save(path: str | os.PathLike, kind: str, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(record, f))
 
 
+def save_safetensors(path: str | os.PathLike, kind: str, payload: dict[str, Any]) -> None:
+    """A model checkpoint as fp16 safetensors: the ``state_dict`` as tensors (floating point ones
+    in fp16), everything else as JSON in the file's metadata. Used for the shipped weights."""
+    from safetensors.torch import save
+
+    tensors = {
+        k: (v.half() if v.is_floating_point() else v).contiguous()
+        for k, v in payload["state_dict"].items()
+    }
+    for name, tensor in payload.get("latent_map", {}).items():  # kept in fp32: it is tiny
+        tensors[f"latent_map/{name}"] = tensor.contiguous()
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "latent_map")}
+    meta = {"catdog": json.dumps({"kind": kind, "format_version": FORMAT_VERSION, **meta})}
+    data = save(tensors, metadata=meta)
+    atomic_write_bytes(path, data)
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})["catdog"])
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+    maps = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("latent_map/")}
+    if maps:
+        meta["latent_map"] = maps
+    meta["state_dict"] = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in state.items()
+        if not k.startswith("latent_map/")
+    }
+    return meta
+
+
 def load(path: str | os.PathLike, kind: str) -> dict[str, Any]:
-    """Load a checkpoint of the given kind, or raise a one-line ``CatdogError`` saying why not."""
+    """Load a checkpoint of the given kind, or raise a one-line ``CatdogError`` saying why not.
+
+    ``.safetensors`` files (the shipped fp16 weights) load into the same record, in fp32."""
     path = Path(path)
     if not path.is_file():
         raise CatdogError(f"checkpoint not found: {path}")
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            record = _load_safetensors(path)
+        else:
+            record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, random bytes, ...
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CatdogError(f"checkpoint {path} is corrupt or truncated ({reason[:200]})") from None
@@ -162,6 +204,8 @@ def find_vae(
     diffusion checkpoint's folder), else a file of the recorded name beside the checkpoint.
     """
     link = record["vae"]
+    if vae_path is None and link.get("shipped"):
+        vae_path = str(Path(diffusion_path).parent / link["path"])  # shipped side by side
     if vae_path is not None:
         candidates = [Path(vae_path)]
     else:

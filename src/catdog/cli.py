@@ -14,7 +14,9 @@ from .config import (
     LOSS_TERMS,
     VAE_PRESETS,
     DiffusionTrainConfig,
+    EvaluateConfig,
     GenerateConfig,
+    RuntimeConfig,
     VAETrainConfig,
     diffusion_preset,
     from_dict,
@@ -42,6 +44,31 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     if "-" in name:
         names.append(f"--{name.replace('-', '_')}")
     parser.add_argument(*names, default=None, **kwargs)
+
+
+RUNTIME_DEFAULTS = RuntimeConfig()
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    """Device, precision and scale-out flags, shared by both training commands."""
+    r = RUNTIME_DEFAULTS
+    g = parser.add_argument_group("where it runs (also under torchrun)")
+    _flag(g, "device", help=f"auto, cpu, cuda, cuda:N or mps (default: {r.device})")
+    _flag(g, "precision", choices=["fp32", "bf16"],
+          help=f"bf16 autocast on CUDA; fp32 elsewhere (default: {r.precision})")  # fmt: skip
+    _flag(g, "grad-accum", type=int,
+          help="micro-steps per optimiser step; --batch-size stays the global batch "
+          f"(default: {r.grad_accum})")  # fmt: skip
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the trained network (CUDA only)")  # fmt: skip
+    _flag(g, "lr-scaling", choices=["none", "linear", "sqrt"],
+          help="scale --lr by f(batch size / --lr-base-batch) (default: none)")  # fmt: skip
+    _flag(g, "lr-base-batch", type=int, help="the batch --lr is meant for (with --lr-scaling)")
+
+
+def runtime_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("device", "precision", "grad_accum", "compile", "lr_scaling", "lr_base_batch")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +217,7 @@ def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
         "--no-vgg-cache", action="store_true", help="recompute VGG features of targets every step"
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+    add_runtime_args(parser)
 
 
 def vae_config_from_args(args: argparse.Namespace) -> VAETrainConfig:
@@ -229,6 +257,7 @@ def vae_config_from_args(args: argparse.Namespace) -> VAETrainConfig:
     if args.no_vgg_cache:
         o["cache_vgg_targets"] = False
     o["progress"] = not args.no_progress
+    o["runtime"] = runtime_overrides(args)
     cfg = from_dict(VAETrainConfig, merge(base, o))
     _check_vae_config(cfg)
     return cfg
@@ -277,6 +306,12 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
         "blocks-per-level",
         type=int,
         help=f"UNet residual blocks per resolution (default: {u.blocks_per_level})",
+    )
+    _flag(
+        parser,
+        "attention-levels",
+        help="resolution levels with self-attention, 0 = full size, comma-separated "
+        f"(default: {','.join(map(str, u.attention_levels))})",
     )
     _flag(
         parser,
@@ -357,6 +392,7 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --save-dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_runtime_args(parser)
 
 
 def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig:
@@ -367,6 +403,8 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
             o["data"][key] = getattr(args, key)
     if args.channels is not None:
         o["unet"]["channels"] = _int_list(args.channels, "--channels")
+    if args.attention_levels is not None:
+        o["unet"]["attention_levels"] = _int_list(args.attention_levels, "--attention-levels")
     for key in ("blocks_per_level", "class_dropout"):
         if getattr(args, key) is not None:
             o["unet"][key] = getattr(args, key)
@@ -392,6 +430,7 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
         if getattr(args, key) is not None:
             o[key] = getattr(args, key)
     o["progress"] = not args.no_progress
+    o["runtime"] = runtime_overrides(args)
     cfg = from_dict(DiffusionTrainConfig, merge(base, o))
     for name in ("epochs", "batch_size", "checkpoint_every", "sample_every"):
         if getattr(cfg, name) <= 0:
@@ -412,7 +451,7 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 def add_generate_args(parser: argparse.ArgumentParser) -> None:
     g = GEN_DEFAULTS
-    _flag(parser, "model-path", help=f"diffusion checkpoint (default: {g.model_path})")
+    _flag(parser, "model-path", help="diffusion checkpoint (default: the shipped weights)")
     _flag(
         parser,
         "vae-path",
@@ -469,7 +508,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def add_visualize_args(parser: argparse.ArgumentParser) -> None:
-    _flag(parser, "model-path", help=f"diffusion checkpoint (default: {GEN_DEFAULTS.model_path})")
+    _flag(parser, "model-path", help="diffusion checkpoint (default: the shipped weights)")
     _flag(
         parser,
         "vae-path",
@@ -486,11 +525,96 @@ def cmd_visualize(args: argparse.Namespace) -> None:
     from .visualize import make_figures
 
     paths = make_figures(
-        args.model_path or GEN_DEFAULTS.model_path, args.output or "./figures",
+        args.model_path, args.output or "./figures",
         vae_path=args.vae_path, data_dir=args.data_dir, steps=args.steps or 50,
         guidance=2.0 if args.guidance is None else args.guidance, seed=args.seed or 0,
     )  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+EVAL_DEFAULTS = EvaluateConfig()
+
+
+def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
+    e = EVAL_DEFAULTS
+    what = parser.add_argument_group("what to score (one of)")
+    _flag(what, "model-path", help="diffusion checkpoint (default: the shipped weights)")
+    _flag(what, "images", help="folder with cat/ and dog/ of images to score instead")
+    _flag(what, "vae-path", help="VAE checkpoint (default: the one recorded with the model)")
+    ref = parser.add_argument_group("real images")
+    _flag(ref, "data-dir", help=f"STL-10 root or image folder (default: {e.data.data_dir})")
+    _flag(ref, "dataset", choices=["auto", "stl10", "folder"], help="data source (default: auto)")
+    _flag(ref, "reference-split", help=f"split compared with (default: {e.reference_split})")
+    _flag(ref, "train-split", help=f"split the model was trained on (default: {e.train_split})")
+    gen = parser.add_argument_group("generation")
+    _flag(gen, "num-per-class", type=int, help=f"images per class (default: {e.num_per_class})")
+    _flag(gen, "sampler", help=f"dpmpp, ddim or ddpm (default: {e.sampler})")
+    _flag(gen, "steps", type=int, help=f"sampling steps (default: {e.steps})")
+    _flag(gen, "guidance", type=float, help=f"guidance scale (default: {e.guidance})")
+    _flag(gen, "seed", type=int, help=f"first seed (default: {e.seed})")
+    _flag(gen, "batch-size", type=int, help=f"sampling batch (default: {e.batch_size})")
+    met = parser.add_argument_group("metrics")
+    _flag(
+        met, "features", choices=["inception", "pixels"],
+        help="feature space: inception (FID standard) or pixels (smoke tests only; not FID) "
+        f"(default: {e.features})",
+    )  # fmt: skip
+    _flag(
+        met, "inception-weights",
+        help="local FID Inception weights (default: $CATDOG_INCEPTION_WEIGHTS, else download)",
+    )  # fmt: skip
+    _flag(met, "cache-dir", help=f"feature cache for real splits (default: {e.cache_dir})")
+    _flag(met, "kid-subsets", type=int, help=f"KID subsets (default: {e.kid_subsets})")
+    parser.add_argument(
+        "--no-reference-points", action="store_true",
+        help="skip scoring real training images and VAE reconstructions",
+    )  # fmt: skip
+    _flag(parser, "output", help=f"JSON report; the table goes beside it (default: {e.output})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def evaluate_config_from_args(args: argparse.Namespace) -> EvaluateConfig:
+    base = to_dict(EVAL_DEFAULTS)
+    o: dict[str, Any] = {"data": {}}
+    for key in ("data_dir", "dataset"):
+        if getattr(args, key) is not None:
+            o["data"][key] = getattr(args, key)
+    for key in base:
+        if key != "data" and getattr(args, key, None) is not None:
+            o[key] = getattr(args, key)
+    o["reference_points"] = not args.no_reference_points
+    o["progress"] = not args.no_progress
+    return from_dict(EvaluateConfig, merge(base, o))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .checkpoint import atomic_write_bytes
+    from .evaluate import evaluate, format_table
+
+    cfg = evaluate_config_from_args(args)
+    report = evaluate(cfg)
+    table = format_table(report)
+    atomic_write_bytes(Path(cfg.output).with_suffix(".md"), (table + "\n").encode())
+    print(table)
+    print(f"\nreport: {cfg.output}")
+
+
+def add_export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-path", required=True, help="diffusion checkpoint to export")
+    parser.add_argument("--output", required=True, help="folder for the two .safetensors files")
+    parser.add_argument(
+        "--data-dir", default=None,
+        help="data whose test split gives the shipped latent map (default: the training data)",
+    )  # fmt: skip
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_pair
+
+    paths = export_pair(args.model_path, args.output, data_dir=args.data_dir)
+    print("wrote " + ", ".join(f"{p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in paths))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -522,6 +646,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_visualize_args(p)
     p.set_defaults(func=cmd_visualize)
+    p = sub.add_parser(
+        "evaluate",
+        help="FID, KID, class accuracy, precision/recall and memorisation",
+        description="Score a model pair (or a folder of images) against real images.",
+    )
+    add_evaluate_args(p)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser(
+        "export",
+        help="write a model pair as fp16 safetensors (the shipped-weights format)",
+        description="Export a diffusion checkpoint and its VAE as fp16 safetensors.",
+    )
+    add_export_args(p)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -99,6 +99,18 @@ class LossSchedule:
 
 
 @dataclass
+class RuntimeConfig:
+    """Where and how a training run executes; taken from each launch, also on --resume."""
+
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
+    precision: str = "fp32"  # "bf16": bf16 autocast on CUDA (elsewhere fp32, with a warning)
+    grad_accum: int = 1  # micro-steps per optimiser step; batch_size stays the global batch
+    compile: bool = False  # torch.compile the trained network (CUDA only)
+    lr_scaling: str = "none"  # none | linear | sqrt: lr * f(batch_size / lr_base_batch)
+    lr_base_batch: int = 128  # the batch the given lr is meant for (with lr_scaling)
+
+
+@dataclass
 class VAETrainConfig:
     """Everything one VAE training run needs."""
 
@@ -124,6 +136,7 @@ class VAETrainConfig:
     max_minutes: float | None = None  # stop (resumably) after this much wall-clock time
     stop_at_epoch: int | None = None  # stop (resumably) after this epoch
     progress: bool = True
+    runtime: RuntimeConfig = field(default_factory=lambda: RuntimeConfig(lr_base_batch=32))
 
 
 @dataclass
@@ -177,13 +190,14 @@ class DiffusionTrainConfig:
     max_minutes: float | None = None
     stop_at_epoch: int | None = None
     progress: bool = True
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 @dataclass
 class GenerateConfig:
     """One generation request: which model, which class, how many, how to sample."""
 
-    model_path: str = "./results/conditional_diffusion_final.pt"
+    model_path: str | None = None  # None: the weights shipped with the package
     vae_path: str | None = None  # default: the VAE recorded in the diffusion checkpoint
     class_name: str = "cat"
     num_samples: int = 10
@@ -194,6 +208,33 @@ class GenerateConfig:
     seed: int = 0  # image i uses seed + i, whatever the batch size
     batch_size: int = 64
     output: str = "./samples"
+    progress: bool = True
+
+
+@dataclass
+class EvaluateConfig:
+    """One evaluation: which images (a model pair to sample from, or a folder), against what."""
+
+    model_path: str | None = None  # diffusion checkpoint to generate from ...
+    vae_path: str | None = None  # default: the VAE recorded in the diffusion checkpoint
+    images: str | None = None  # ... or a folder with cat/ and dog/ of images to score
+    data: DataConfig = field(default_factory=DataConfig)  # the real images (data_dir, dataset)
+    reference_split: str = "test"  # what the images are compared with
+    train_split: str = "train"  # fits the class probe; the memorisation check looks here
+    num_per_class: int = 800  # images generated per class
+    sampler: str = GenerateConfig.sampler
+    steps: int = GenerateConfig.steps
+    guidance: float = GenerateConfig.guidance
+    eta: float = 0.0
+    seed: int = 0
+    batch_size: int = 64
+    features: str = "inception"  # "inception" (FID standard) | "pixels" (smoke tests only)
+    inception_weights: str | None = None  # default: $CATDOG_INCEPTION_WEIGHTS, else download
+    cache_dir: str | None = "~/.cache/catdog/features"  # features of real splits; None = off
+    reference_points: bool = True  # also score real train images and VAE reconstructions
+    memorisation_quantile: float = 0.05  # "closer than almost all real test images": 5 %
+    kid_subsets: int = 100
+    output: str = "./results/eval.json"
     progress: bool = True
 
 
@@ -300,5 +341,8 @@ _DATACLASSES: dict[str, type] = {
         UNetConfig,
         ScheduleConfig,
         DiffusionTrainConfig,
+        RuntimeConfig,
+        GenerateConfig,
+        EvaluateConfig,
     )
 }

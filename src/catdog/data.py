@@ -121,13 +121,24 @@ def load_folder(data_dir: str | os.PathLike, split: str, image_size: int) -> Ima
         folder, flat = root, True
     else:
         raise CatdogError(f"{root} has no {split}/cat and {split}/dog (nor cat/ and dog/) folders")
+    return read_class_folder(folder, image_size, split=split if flat else None)
+
+
+def read_class_folder(folder: Path, image_size: int, *, split: str | None = None) -> ImageSet:
+    """Every readable image in FOLDER/cat and FOLDER/dog, resized to ``image_size``.
+
+    With ``split`` ("train" or "test") only that part of the fixed 90/10 split is kept.
+    """
+    folder = Path(folder)
+    if not _has_class_dirs(folder):
+        raise CatdogError(f"{folder} has no cat/ and dog/ folders")
     samples = make_dataset(
         str(folder),
         {name: i for i, name in enumerate(CLASS_NAMES)},
         extensions=IMG_EXTENSIONS,
         allow_empty=True,  # an empty class is reported below, in our words
     )
-    if flat:
+    if split is not None:
         keep = []
         for label in range(len(CLASS_NAMES)):
             of_class = [s for s in samples if s[1] == label]
@@ -148,9 +159,8 @@ def load_folder(data_dir: str | os.PathLike, split: str, image_size: int) -> Ima
     if min(counts) == 0:
         missing = [CLASS_NAMES[i] for i, c in enumerate(counts) if c == 0]
         raise CatdogError(f"no readable images for {', '.join(missing)} in {folder}")
-    return ImageSet(
-        torch.stack(images), torch.tensor(labels, dtype=torch.long), f"folder {folder} [{split}]"
-    )
+    source = f"folder {folder}" + (f" [{split}]" if split else "")
+    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), source)
 
 
 def load_stl10(

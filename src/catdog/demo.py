@@ -1,66 +1,65 @@
-"""The main job until trained weights ship: a short VAE training on the data it finds.
+"""The main job: cats and dogs from the shipped weights, on the CPU, with the pictures that
+explain them. No data, no download, no GPU needed.
 
-Data: ``../shared/data/catdog96`` beside the repository when present (development machines),
-else STL-10 in ``./data`` (downloaded by torchvision if missing). VGG16 weights: the file named
-by ``CATDOG_VGG_WEIGHTS``, else ``../shared/weights/...``, else torchvision's download; if none
-works the demo trains without the perceptual loss and says so.
+    python -m catdog.demo [--output demo]
+
+Writes a grid of cats and a grid of dogs (plus one PNG per image), a denoising GIF per class and
+the denoising-path figure (over the map of real latents shipped with the weights), and prints
+where they are. With ``--data-dir`` (real cat/dog photos) it also draws the original /
+reconstruction / noised-and-denoised comparison.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import argparse
 import sys
 import time
 from pathlib import Path
 
-from .config import vae_preset
+from . import CLASS_NAMES
+from .config import GenerateConfig
 from .errors import CatdogError
-from .losses import VGG_WEIGHTS_ENV, load_vgg16_features
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-OUT = REPO / "demo" / "vae"
 
 
-def main() -> int:
-    cfg = vae_preset("cpu")
-    shared_data = SHARED / "data" / "catdog96"
-    if shared_data.is_dir():
-        cfg.data.data_dir = str(shared_data)
-    else:
-        cfg.data.dataset, cfg.data.data_dir = "stl10", str(REPO / "data")
-    shared_vgg = SHARED / "weights" / "vgg16_features_imagenet1k_v1.pth"
-    if not os.environ.get(VGG_WEIGHTS_ENV) and shared_vgg.is_file():
-        cfg.vgg_weights = str(shared_vgg)
-    try:
-        load_vgg16_features(cfg.vgg_weights)
-    except CatdogError as exc:
-        print(f"warning: {exc}\nwarning: training without the perceptual loss", file=sys.stderr)
-        cfg.losses.vgg.weight = 0.0
-    cfg.epochs, cfg.viz_every = 4, 2
-    cfg.save_dir = str(OUT)
-    if OUT.exists():
-        shutil.rmtree(OUT)  # the demo's own previous output
-    print(
-        f"Demo: a {cfg.epochs}-epoch VAE training on {cfg.data.data_dir} (a few minutes on 2 cores)"
-    )
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=str(REPO / "demo"), help="folder for the pictures")
+    parser.add_argument("--num-samples", type=int, default=16, help="images per class")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--data-dir", default=None,
+        help="real photos (STL-10 root or cat/dog folder) for the comparison figure (optional)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    from .generate import generate
+    from .visualize import make_figures
+
+    out = Path(args.output)
     start = time.monotonic()
-    from .train_vae import train
-
     try:
-        record = train(cfg)
+        written = {}
+        for name in CLASS_NAMES:
+            cfg = GenerateConfig(class_name=name, num_samples=args.num_samples, seed=args.seed,
+                                 output=str(out / name), progress=False)  # fmt: skip
+            written[name] = generate(cfg)[0]
+        figures = make_figures(
+            None,
+            out / "figures",
+            data_dir=args.data_dir,
+            seed=args.seed,
+            samples_per_class=0,
+            real_images=args.data_dir is not None,
+        )
     except CatdogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"\nDone in {(time.monotonic() - start) / 60:.1f} min: held-out PSNR "
-        f"{record['val_psnr']:.2f} dB, linear-probe cat/dog accuracy {record['probe_acc']:.3f}\n"
-        f"  reconstructions: {OUT / 'reconstructions'}\n"
-        f"  t-SNE of latents: {OUT / 'tsne'}\n"
-        f"  loss curves:      {OUT / 'loss_curves.png'}\n"
-        f"  checkpoints:      {OUT / 'vae_gan_best.pt'}, {OUT / 'vae_gan_final.pt'}"
-    )
+    print(f"Done in {time.monotonic() - start:.0f} s, from the shipped weights:")
+    for name, grid in written.items():
+        print(f"  {name}s:  {grid}  (and {args.num_samples} single 48x48 PNGs beside it)")
+    for path in figures:
+        print(f"  {path.stem.replace('_', ' ')}:  {path}")
     return 0
 
 

@@ -14,6 +14,20 @@ from .config import GenerateConfig
 from .diffusion import SAMPLERS, Callback, NoiseSchedule, per_sample_noise
 from .errors import CatdogError
 
+SHIPPED_MODEL = Path(__file__).resolve().parent / "weights" / "catdog_diffusion.safetensors"
+
+
+def resolve_model_path(model_path: str | None) -> str:
+    """The given diffusion checkpoint, or the weights shipped with the package when None."""
+    if model_path is not None:
+        return model_path
+    if not SHIPPED_MODEL.is_file():
+        raise CatdogError(
+            f"no --model_path given and no shipped weights at {SHIPPED_MODEL}; train a model "
+            "(main.py --mode vae, then --mode diffusion) and pass its checkpoint"
+        )
+    return str(SHIPPED_MODEL)
+
 
 def class_label(name: str) -> int:
     """0 for cat, 1 for dog; anything else is a clear error listing the valid names."""
@@ -36,17 +50,21 @@ def sample_latents(
     batch_size: int = 64,
     callback: Callback | None = None,
     progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Normalised latents, one per (label, seed); image i depends only on its own seed."""
+    """Normalised latents, one per (label, seed); image i depends only on its own seed.
+
+    The noise is drawn on the CPU and the sampling runs on the UNet's ``device``."""
     shape = (unet.cfg.latent_channels, unet.cfg.latent_size, unet.cfg.latent_size)
     timesteps = schedule.spaced_timesteps(steps)
     out = []
     batches = range(0, len(seeds), batch_size)
     for start in tqdm(batches, desc="sampling", disable=not progress, leave=False):
         gens = [torch.Generator().manual_seed(s) for s in seeds[start : start + batch_size]]
-        x = per_sample_noise(shape, gens)
+        x = per_sample_noise(shape, gens, device)
         out.append(SAMPLERS[sampler](
-            unet, x, timesteps, labels=labels[start : start + batch_size], schedule=schedule,
+            unet, x, timesteps, labels=labels[start : start + batch_size].to(device),
+            schedule=schedule,
             null_label=unet.null_label, guidance=guidance, eta=eta, generators=gens,
             callback=callback,
         ))  # fmt: skip
@@ -85,9 +103,10 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     Everything is checked before sampling starts, and every file is written atomically.
     """
     _check(cfg)
-    unet, schedule, record = checkpoint.load_diffusion(cfg.model_path)
+    model_path = resolve_model_path(cfg.model_path)
+    unet, schedule, record = checkpoint.load_diffusion(model_path)
     _check(cfg, schedule.num_timesteps)
-    vae, _ = checkpoint.find_vae(cfg.model_path, record, cfg.vae_path)
+    vae, _ = checkpoint.find_vae(model_path, record, cfg.vae_path)
     output = Path(cfg.output)
     _check_writable(output)
     label = class_label(cfg.class_name)

@@ -1,11 +1,11 @@
-"""Training-time quality measures: reconstruction PSNR and a linear probe on latent means."""
+"""Quality measures shared by training and evaluation: reconstruction PSNR and linear probes."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
@@ -26,12 +26,15 @@ def linear_probe_accuracy(
 
     Features are flattened and standardised; unlabeled (-1) training rows are ignored.
     """
-    known = train_labels >= 0
-    x_train = train_features[known].flatten(1).double().numpy()
-    y_train = train_labels[known].numpy()
+    probe = fit_probe(train_features, train_labels, seed)
+    predictions = probe.predict(test_features.flatten(1).double().numpy())
+    return float(np.mean(predictions == test_labels.numpy()))
+
+
+def fit_probe(features: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> Pipeline:
+    """A standardised logistic regression fitted on labelled rows (unlabeled = -1 ignored)."""
+    known = labels >= 0
     probe = make_pipeline(
         StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, random_state=seed)
     )
-    probe.fit(x_train, y_train)
-    predictions = probe.predict(test_features.flatten(1).double().numpy())
-    return float(np.mean(predictions == test_labels.numpy()))
+    return probe.fit(features[known].flatten(1).double().numpy(), labels[known].numpy())

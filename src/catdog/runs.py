@@ -13,7 +13,7 @@ from .errors import CatdogError
 
 T = TypeVar("T")
 # Fields a resumed run takes from the command line; everything else comes from the saved run.
-RUN_CONTROL_FIELDS = ("epochs", "max_minutes", "stop_at_epoch", "progress")
+RUN_CONTROL_FIELDS = ("epochs", "max_minutes", "stop_at_epoch", "progress", "runtime")
 
 
 def prepare_run(

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import checkpoint, viz
+from . import checkpoint, distributed, viz
 from .config import DiffusionTrainConfig, to_dict
 from .data import load_split, to_float
 from .diffusion import NoiseSchedule
@@ -53,7 +53,7 @@ def encode_training_set(vae: torch.nn.Module, images: torch.Tensor) -> tuple[tor
 
 
 def load_or_cache_latents(
-    cfg: DiffusionTrainConfig, vae: torch.nn.Module, vae_hash: str
+    cfg: DiffusionTrainConfig, vae: torch.nn.Module, vae_hash: str, *, write: bool = True
 ) -> dict[str, torch.Tensor]:
     path = Path(cfg.save_dir) / LATENTS
     if path.is_file():
@@ -72,7 +72,8 @@ def load_or_cache_latents(
         "vae_sha256": vae_hash,
         "split": cfg.data.train_split,
     }
-    checkpoint.atomic_write(path, lambda f: torch.save(cached, f))
+    if write:
+        checkpoint.atomic_write(path, lambda f: torch.save(cached, f))
     return cached
 
 
@@ -86,26 +87,41 @@ def sample_grid(
     steps: int = 25,
     guidance: float = 2.0,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Images (2 * per_class, 3, H, W): ``per_class`` cats, then as many dogs."""
+    """Images (2 * per_class, 3, H, W): ``per_class`` cats, then as many dogs (sampled on
+    ``device``, decoded on the CPU)."""
     labels = torch.arange(2).repeat_interleave(per_class)
     seeds = [seed + i for i in range(len(labels))]
     steps = min(steps, schedule.num_timesteps)
     z = sample_latents(
-        unet, schedule, labels, seeds, sampler="ddim", steps=steps, guidance=guidance
-    )
-    return vae.decode(vae.denormalize_latent(z)).clamp(-1, 1)
+        unet, schedule, labels, seeds, sampler="ddim", steps=steps, guidance=guidance,
+        device=device,
+    )  # fmt: skip
+    return vae.decode(vae.denormalize_latent(z.cpu())).clamp(-1, 1)
 
 
 def train(cfg: DiffusionTrainConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Train (or, with ``resume``, continue) a diffusion run; returns the last epoch's record."""
-    cfg, state = prepare_run(
-        cfg,
-        resume=resume,
-        state_name=STATE,
-        final_name=FINAL,
-        state_kind=checkpoint.KIND_DIFFUSION_TRAIN_STATE,
-        what="diffusion",
+    """Train (or, with ``resume``, continue) a diffusion run; returns the last epoch's record.
+
+    Runs as one process, or as one rank of a ``torchrun`` job (see ``catdog.distributed``)."""
+    with distributed.running(cfg.runtime, cfg.batch_size) as rt:
+        return train_on(rt, cfg, resume)[0]
+
+
+def train_on(
+    rt: distributed.Runtime, cfg: DiffusionTrainConfig, resume: bool = False
+) -> tuple[dict[str, Any], torch.nn.Module]:
+    """``train`` on a given runtime; also returns this rank's trained UNet (live, not EMA)."""
+    cfg, state = rt.from_main(
+        lambda: prepare_run(
+            cfg,
+            resume=resume,
+            state_name=STATE,
+            final_name=FINAL,
+            state_kind=checkpoint.KIND_DIFFUSION_TRAIN_STATE,
+            what="diffusion",
+        )
     )
     if cfg.latent_sampling not in ("posterior", "mean"):
         raise CatdogError(f"latent_sampling must be posterior or mean, not {cfg.latent_sampling!r}")
@@ -127,13 +143,14 @@ def train(cfg: DiffusionTrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if cfg.data.image_size != vae.cfg.image_size:
         cfg.data.image_size = vae.cfg.image_size  # the data follows the VAE
 
-    torch.manual_seed(cfg.seed)
-    data_rng = torch.Generator().manual_seed(cfg.seed + 1)
-    latents = load_or_cache_latents(cfg, vae, vae_hash)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    data_rng = torch.Generator().manual_seed(cfg.seed + 1)  # shared by all ranks, see above
+    latents = load_or_cache_latents(cfg, vae, vae_hash, write=rt.is_main)
     schedule = NoiseSchedule(cfg.schedule)
     unet = UNet(cfg.unet)
     ema = EMA(unet, cfg.ema_decay)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    base_lr = distributed.effective_lr(cfg.runtime, cfg.lr, cfg.batch_size)
+    opt = torch.optim.AdamW(unet.parameters(), lr=base_lr, weight_decay=0.0)
     start_epoch, step, history = 0, 0, []
     if state is not None:
         unet.load_state_dict(state["unet"])
@@ -142,14 +159,25 @@ def train(cfg: DiffusionTrainConfig, *, resume: bool = False) -> dict[str, Any]:
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         torch.set_rng_state(state["rng"])
         data_rng.set_state(state["data_rng"])
-    checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
+    device = rt.device
+    unet.to(device)
+    ema.model.to(device)
+    for value in opt.state.values():  # a resumed optimiser's moments follow the weights
+        for key, tensor in value.items():
+            if torch.is_tensor(tensor) and key != "step":
+                value[key] = tensor.to(device)
+    model = rt.wrap(unet)
+    norm_mean, norm_std = vae.latent_mean[:, None, None], vae.latent_std[:, None, None]
+    if rt.is_main:
+        checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
     vae_link = {"sha256": vae_hash, "path": str(Path(cfg.vae_path).resolve())}
 
     def save_state(epoch: int) -> None:
         checkpoint.save(save_dir / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE, {
-            "train_config": to_dict(cfg), "unet": unet.state_dict(), "ema": ema.state_dict(),
-            "opt": opt.state_dict(), "epoch": epoch, "step": step, "history": history,
-            "rng": torch.get_rng_state(), "data_rng": data_rng.get_state(), "vae": vae_link,
+            "train_config": to_dict(cfg), "unet": _cpu(unet.state_dict()),
+            "ema": _cpu(ema.state_dict()), "opt": _cpu(opt.state_dict()), "epoch": epoch,
+            "step": step, "history": history, "rng": torch.get_rng_state(),
+            "data_rng": data_rng.get_state(), "vae": vae_link,
         })  # fmt: skip
 
     def save_final(epoch: int, record: dict) -> None:
@@ -158,59 +186,87 @@ def train(cfg: DiffusionTrainConfig, *, resume: bool = False) -> dict[str, Any]:
         ))  # fmt: skip
 
     n = len(latents["labels"])
+    accum = cfg.runtime.grad_accum
+    drop_last = rt.world_size * accum > 1  # every rank and micro-step gets an equal share
     started = time.monotonic()
     record: dict[str, Any] = history[-1] if history else {}
     unet.train()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        epoch_start, loss_sum = time.monotonic(), 0.0
+        epoch_start, loss_sum, seen = time.monotonic(), 0.0, 0
         perm = torch.randperm(n, generator=data_rng)
-        for index in tqdm(perm.split(cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}",
-                          leave=False, disable=not cfg.progress):  # fmt: skip
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup_steps)
+        batches = list(perm.split(cfg.batch_size))
+        if drop_last and len(batches[-1]) < cfg.batch_size:
+            batches.pop()
+        for index in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                          disable=not (cfg.progress and rt.is_main)):  # fmt: skip
+            lr = base_lr * min(1.0, (step + 1) / cfg.lr_warmup_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
+            # Per-sample randomness for the whole global batch, from the shared stream.
             mean, labels = latents["mean"][index], latents["labels"][index]
             if cfg.latent_sampling == "posterior":
                 std = (0.5 * latents["logvar"][index]).exp()
                 mean = mean + std * torch.randn(mean.shape, generator=data_rng)
-            x0 = vae.normalize_latent(mean)
-            noise = torch.randn(x0.shape, generator=data_rng)
+            noise = torch.randn(mean.shape, generator=data_rng)
             t = torch.randint(1, schedule.num_timesteps + 1, (len(index),), generator=data_rng)
-            prediction = unet(schedule.add_noise(x0, noise, t), t, labels)
-            per_sample = F.mse_loss(prediction, schedule.target(x0, noise, t), reduction="none")
-            loss = (schedule.loss_weight(t) * per_sample.flatten(1).mean(1)).mean()
+            slices = rt.local_slices(len(index), accum)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            for k, part in enumerate(slices):
+                x0 = ((mean[part] - norm_mean) / norm_std).to(device)
+                eps, tt, yy = noise[part].to(device), t[part].to(device), labels[part].to(device)
+                with rt.no_sync(model, k == len(slices) - 1), rt.autocast():
+                    prediction = model(schedule.add_noise(x0, eps, tt), tt, yy)
+                per_sample = F.mse_loss(prediction.float(), schedule.target(x0, eps, tt),
+                                        reduction="none")  # fmt: skip
+                loss = (schedule.loss_weight(tt) * per_sample.flatten(1).mean(1)).mean()
+                with rt.no_sync(model, k == len(slices) - 1):
+                    (loss / len(slices)).backward()
+                loss_sum += loss.item() * len(eps)
+                seen += len(eps)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
             opt.step()
             ema.update(unet)
-            loss_sum += loss.item() * len(index)
             step += 1
+        totals = rt.sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64))
         elapsed = time.monotonic() - epoch_start
-        record = {"epoch": epoch, "step": step, "lr": lr, "loss": loss_sum / n,
-                  "latents_per_s": n / elapsed, "epoch_seconds": elapsed}  # fmt: skip
+        record = {"epoch": epoch, "step": step, "lr": lr, "loss": float(totals[0] / totals[1]),
+                  "latents_per_s": float(totals[1]) / elapsed,
+                  "epoch_seconds": elapsed}  # fmt: skip
         history.append(record)
-        time_up = (
+        time_up = rt.agree(
             cfg.max_minutes is not None and (time.monotonic() - started) > 60 * cfg.max_minutes
         )
         stopping = time_up or (cfg.stop_at_epoch is not None and epoch >= cfg.stop_at_epoch)
         last = epoch == cfg.epochs
-        if epoch % cfg.sample_every == 0 or last or stopping:
-            images = sample_grid(ema.model, vae, schedule, seed=cfg.seed)
-            viz.save_png(save_dir / "samples" / f"epoch_{epoch:04d}.png",
-                         viz.image_grid(images, nrow=8), scale=2)  # fmt: skip
-        write_metrics(save_dir, history, ["loss", "latents_per_s"])
-        if last:
-            save_final(epoch, record)
-        if epoch % cfg.checkpoint_every == 0 or last or stopping:
-            save_state(epoch)
-        if cfg.progress and (epoch % 10 == 0 or last or stopping):
-            tqdm.write(
-                f"epoch {epoch}: loss {record['loss']:.4f}, {record['latents_per_s']:.0f} latents/s"
-            )
+        if rt.is_main:
+            if epoch % cfg.sample_every == 0 or last or stopping:
+                images = sample_grid(ema.model, vae, schedule, seed=cfg.seed, device=device)
+                viz.save_png(save_dir / "samples" / f"epoch_{epoch:04d}.png",
+                             viz.image_grid(images, nrow=8), scale=2)  # fmt: skip
+            write_metrics(save_dir, history, ["loss", "latents_per_s"])
+            if epoch % cfg.checkpoint_every == 0 or last or stopping:
+                save_final(epoch, record)  # usable weights at every checkpoint, not only the end
+                save_state(epoch)
+            if cfg.progress and (epoch % 10 == 0 or last or stopping):
+                tqdm.write(
+                    f"epoch {epoch}: loss {record['loss']:.4f}, "
+                    f"{record['latents_per_s']:.0f} latents/s"
+                )
+        rt.barrier()
         if stopping and not last:
-            if cfg.progress:
+            if cfg.progress and rt.is_main:
                 tqdm.write(f"stopped after epoch {epoch}; continue with --resume")
             break
-    return record
+    return record, unet
+
+
+def _cpu(tree: Any) -> Any:
+    """A state dict (nested) with every tensor on the CPU, so checkpoints load anywhere."""
+    if torch.is_tensor(tree):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_cpu(v) for v in tree]
+    return tree

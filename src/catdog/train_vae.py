@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import checkpoint, viz
+from . import checkpoint, distributed, viz
 from .config import VAETrainConfig, to_dict
 from .data import ImageSet, augment, balanced_subset, load_split, to_float
 from .errors import CatdogError
@@ -59,8 +59,11 @@ def lr_at(cfg: VAETrainConfig, step: int, total_steps: int, base_lr: float) -> f
 
 @torch.no_grad()
 def encode_means(vae: VAE, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Posterior means (N, C, h, w) of uint8 images, in batches."""
-    return torch.cat([vae.encode(to_float(chunk))[0] for chunk in images.split(batch_size)])
+    """Posterior means (N, C, h, w) of uint8 images, in batches, on the CPU."""
+    device = next(vae.parameters()).device
+    return torch.cat(
+        [vae.encode(to_float(chunk).to(device))[0].cpu() for chunk in images.split(batch_size)]
+    )
 
 
 @torch.no_grad()
@@ -70,13 +73,31 @@ def evaluate(vae: VAE, train: ImageSet, val: ImageSet, seed: int) -> tuple[dict[
     vae.eval()
     train_means = encode_means(vae, train.images)
     val_means = encode_means(vae, val.images)
-    recon = torch.cat([vae.decode(m) for m in val_means.split(256)])
+    device = next(vae.parameters()).device
+    recon = torch.cat([vae.decode(m.to(device)).cpu() for m in val_means.split(256)])
     result = {
         "val_psnr": psnr(recon, to_float(val.images)).mean().item(),
         "probe_acc": linear_probe_accuracy(train_means, train.labels, val_means, val.labels, seed),
     }
     vae.train(was_training)
     return result, (train_means, val_means, recon)
+
+
+class GeneratorTerms(torch.nn.Module):
+    """Every VAE output the generator losses use, from one forward, so that DDP sees each VAE
+    parameter (classifier and class centers included) take part in every step."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        recon, mean, logvar = self.vae(x, eps=eps)
+        flat_mean = mean.flatten(1)
+        logits = self.vae.classifier(flat_mean)
+        return recon, mean, logvar, logits, center_loss(flat_mean, labels, self.vae.class_centers)
 
 
 def _cache_vgg_targets(perceptual: PerceptualLoss, images: torch.Tensor) -> list[torch.Tensor]:
@@ -93,22 +114,34 @@ def _cache_vgg_targets(perceptual: PerceptualLoss, images: torch.Tensor) -> list
 
 
 def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Train (or, with ``resume``, continue) a VAE run; returns the last epoch's record."""
-    cfg, state = prepare_run(
-        cfg,
-        resume=resume,
-        state_name=STATE,
-        final_name=FINAL,
-        state_kind=checkpoint.KIND_VAE_TRAIN_STATE,
-        what="VAE",
+    """Train (or, with ``resume``, continue) a VAE run; returns the last epoch's record.
+
+    Runs as one process, or as one rank of a ``torchrun`` job (see ``catdog.distributed``)."""
+    with distributed.running(cfg.runtime, cfg.batch_size) as rt:
+        return train_on(rt, cfg, resume)[0]
+
+
+def train_on(
+    rt: distributed.Runtime, cfg: VAETrainConfig, resume: bool = False
+) -> tuple[dict[str, Any], torch.nn.Module]:
+    """``train`` on a given runtime; also returns this rank's trained VAE."""
+    cfg, state = rt.from_main(
+        lambda: prepare_run(
+            cfg,
+            resume=resume,
+            state_name=STATE,
+            final_name=FINAL,
+            state_kind=checkpoint.KIND_VAE_TRAIN_STATE,
+            what="VAE",
+        )
     )
     save_dir = Path(cfg.save_dir)
     if cfg.model.image_size != cfg.data.image_size:
         raise CatdogError(
             f"model image_size {cfg.model.image_size} != data image_size {cfg.data.image_size}"
         )
-    torch.manual_seed(cfg.seed)
-    data_rng = torch.Generator().manual_seed(cfg.seed + 1)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    data_rng = torch.Generator().manual_seed(cfg.seed + 1)  # shared by all ranks
 
     train_set = load_split(cfg.data, cfg.data.train_split)
     val_set = balanced_subset(load_split(cfg.data, cfg.data.val_split), cfg.data.val_limit)
@@ -119,9 +152,11 @@ def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
     losses = cfg.losses
     disc = PatchDiscriminator(cfg.disc) if losses.ever_on("adv") else None
     betas = (0.5, 0.9)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=betas, weight_decay=0.0)
+    base_lr = distributed.effective_lr(cfg.runtime, cfg.lr, cfg.batch_size)
+    disc_base_lr = distributed.effective_lr(cfg.runtime, cfg.disc_lr, cfg.batch_size)
+    opt = torch.optim.AdamW(vae.parameters(), lr=base_lr, betas=betas, weight_decay=0.0)
     disc_opt = (
-        torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=betas, weight_decay=0.0)
+        torch.optim.AdamW(disc.parameters(), lr=disc_base_lr, betas=betas, weight_decay=0.0)
         if disc is not None
         else None
     )
@@ -156,7 +191,21 @@ def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
         history, best_psnr = state["history"], state["best_psnr"]
         torch.set_rng_state(state["rng"])
         data_rng.set_state(state["data_rng"])
-    checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
+    device = rt.device
+    vae.to(device)
+    if disc is not None:
+        disc.to(device)
+    if perceptual is not None:
+        perceptual.to(device)
+    for optimiser in (opt, disc_opt):
+        for value in optimiser.state.values() if optimiser is not None else ():
+            for key, tensor in value.items():
+                if torch.is_tensor(tensor) and key != "step":
+                    value[key] = tensor.to(device)
+    generator_terms = rt.wrap(GeneratorTerms(vae))
+    disc_model = rt.wrap(disc) if disc is not None else None
+    if rt.is_main:
+        checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
 
     n = len(train_set)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -170,10 +219,10 @@ def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
             checkpoint.KIND_VAE_TRAIN_STATE,
             {
                 "train_config": to_dict(cfg),
-                "vae": vae.state_dict(),
-                "opt": opt.state_dict(),
-                "disc": disc.state_dict() if disc is not None else None,
-                "disc_opt": disc_opt.state_dict() if disc_opt is not None else None,
+                "vae": _cpu(vae.state_dict()),
+                "opt": _cpu(opt.state_dict()),
+                "disc": _cpu(disc.state_dict()) if disc is not None else None,
+                "disc_opt": _cpu(disc_opt.state_dict()) if disc_opt is not None else None,
                 "epoch": epoch,
                 "step": step,
                 "history": history,
@@ -183,120 +232,155 @@ def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
             },
         )
 
+    accum = cfg.runtime.grad_accum
+    drop_last = rt.world_size * accum > 1  # every rank and micro-step gets an equal share
+    latent_shape = (cfg.model.latent_channels, cfg.model.latent_size, cfg.model.latent_size)
     vae.train()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         epoch_start = time.monotonic()
         sums: dict[str, float] = {}
+        seen = 0
         perm = torch.randperm(n, generator=data_rng)
+        batches = list(perm.split(cfg.batch_size))
+        if drop_last and len(batches[-1]) < cfg.batch_size:
+            batches.pop()
         bar = tqdm(
-            perm.split(cfg.batch_size),
+            batches,
             desc=f"epoch {epoch}/{cfg.epochs}",
             leave=False,
-            disable=not cfg.progress,
+            disable=not (cfg.progress and rt.is_main),
         )
         for i, index in enumerate(bar):
             weights = losses.weights_at(epoch - 1 + i / steps_per_epoch)
-            lr = lr_at(cfg, step, total_steps, cfg.lr)
+            lr = lr_at(cfg, step, total_steps, base_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x, flipped = augment(
+            # Augmentation and posterior noise for the whole global batch (shared stream).
+            x_all, flipped_all = augment(
                 to_float(train_set.images[index]),
                 data_rng,
                 hflip=cfg.data.hflip,
                 color_jitter=cfg.data.color_jitter,
             )
-            x = x.contiguous(memory_format=memory_format)
-            labels = train_set.labels[index]
-            recon, mean, logvar = vae(x)
-            terms = {"rec": F.l1_loss(recon, x)}
-            if weights["kl"] > 0:
-                terms["kl"] = kl_divergence(mean, logvar)
-            if weights["vgg"] > 0 and perceptual is not None:
-                if vgg_cache is not None:
-                    rows = index + n * flipped.long()
-                    targets = [layer[rows] for layer in vgg_cache]
-                else:
-                    with torch.no_grad():
-                        targets = perceptual.features(x)
-                terms["vgg"] = perceptual(recon, targets)
-            flat_mean = mean.flatten(1)
-            if weights["cls"] > 0:
-                terms["cls"] = classifier_loss(vae.classifier(flat_mean), labels)
-            if weights["center"] > 0:
-                terms["center"] = center_loss(flat_mean, labels, vae.class_centers)
-            if weights["adv"] > 0 and disc is not None:
-                terms["adv"] = hinge_g_loss(disc(recon))
-            total = terms["rec"] + sum(weights[k] * v for k, v in terms.items() if k != "rec")
+            eps_all = torch.randn((len(index), *latent_shape), generator=data_rng)
+            use_adv = weights["adv"] > 0 and disc is not None
+            slices = rt.local_slices(len(index), accum)
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            micro: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for k, part in enumerate(slices):
+                sync = k == len(slices) - 1
+                x = x_all[part].to(device).contiguous(memory_format=memory_format)
+                labels = train_set.labels[index[part]].to(device)
+                with rt.no_sync(generator_terms, sync), rt.autocast():
+                    recon, mean, logvar, logits, center = generator_terms(
+                        x, labels, eps_all[part].to(device)
+                    )
+                recon = recon.float()
+                terms = {"rec": F.l1_loss(recon, x), "cls": classifier_loss(logits.float(), labels),
+                         "center": center.float()}  # fmt: skip
+                if weights["kl"] > 0:
+                    terms["kl"] = kl_divergence(mean.float(), logvar.float())
+                if weights["vgg"] > 0 and perceptual is not None:
+                    if vgg_cache is not None:
+                        rows = index[part] + n * flipped_all[part].long()
+                        targets = [layer[rows].to(device) for layer in vgg_cache]
+                    else:
+                        with torch.no_grad():
+                            targets = perceptual.features(x)
+                    with rt.autocast():
+                        terms["vgg"] = perceptual(recon, targets).float()
+                if use_adv:
+                    disc.requires_grad_(False)  # the generator step does not train the critic
+                    with rt.autocast():
+                        terms["adv"] = hinge_g_loss(disc(recon).float())
+                    disc.requires_grad_(True)
+                # Zero-weighted terms stay in the sum, so every parameter gets a gradient.
+                total = terms["rec"] + sum(weights[k] * v for k, v in terms.items() if k != "rec")
+                with rt.no_sync(generator_terms, sync):
+                    (total / len(slices)).backward()
+                terms["total"] = total
+                micro.append((x, recon.detach()))
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + value.item() * len(x)
+                seen += len(x)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
             opt.step()
 
-            if weights["adv"] > 0 and disc is not None:
+            if use_adv:
                 for group in disc_opt.param_groups:
-                    group["lr"] = lr_at(cfg, step, total_steps, cfg.disc_lr)
-                terms["disc"] = hinge_d_loss(disc(x), disc(recon.detach()))
+                    group["lr"] = lr_at(cfg, step, total_steps, disc_base_lr)
                 disc_opt.zero_grad(set_to_none=True)
-                terms["disc"].backward()
+                for k, (x, fake) in enumerate(micro):
+                    # Real and fake in one forward: one DDP reduction per backward.
+                    with rt.no_sync(disc_model, k == len(micro) - 1), rt.autocast():
+                        logits = disc_model(torch.cat([x, fake])).float()
+                    loss_disc = hinge_d_loss(logits[: len(x)], logits[len(x) :])
+                    with rt.no_sync(disc_model, k == len(micro) - 1):
+                        (loss_disc / len(micro)).backward()
+                    sums["disc"] = sums.get("disc", 0.0) + loss_disc.item() * len(x)
                 disc_opt.step()
-
-            terms["total"] = total
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + value.item() * len(index)
             step += 1
             bar.set_postfix(loss=f"{total.item():.4f}", rec=f"{terms['rec'].item():.4f}")
 
+        keys = sorted(sums)
+        totals = rt.sum(torch.tensor([sums[k] for k in keys] + [seen], dtype=torch.float64))
+        sums = {k: float(v) for k, v in zip(keys, totals[:-1], strict=True)}
+        seen = float(totals[-1])
         elapsed = time.monotonic() - epoch_start
         record = {
             "epoch": epoch,
             "step": step,
             "lr": lr,
-            **{f"loss_{k}": v / n for k, v in sums.items()},
+            **{f"loss_{k}": v / seen for k, v in sums.items()},
             **{f"w_{k}": v for k, v in losses.weights_at(epoch).items()},
-            "images_per_s": n / elapsed,
+            "images_per_s": seen / elapsed,
             "epoch_seconds": elapsed,
         }
-        time_up = (
+        time_up = rt.agree(
             cfg.max_minutes is not None and (time.monotonic() - started) > 60 * cfg.max_minutes
         )
         stopping = time_up or (cfg.stop_at_epoch is not None and epoch >= cfg.stop_at_epoch)
         last = epoch == cfg.epochs
-        if epoch % cfg.eval_every == 0 or last or stopping:
-            scores, (train_means, val_means, recon) = evaluate(vae, train_set, val_set, cfg.seed)
-            record.update(scores)
-            vae.set_latent_stats(train_means)
-            if scores["val_psnr"] > best_psnr:
-                best_psnr = scores["val_psnr"]
+        if rt.is_main:  # evaluation, pictures and files: rank 0 only
+            if epoch % cfg.eval_every == 0 or last or stopping:
+                scores, (train_means, val_means, recon) = evaluate(
+                    vae, train_set, val_set, cfg.seed
+                )
+                record.update(scores)
+                vae.set_latent_stats(train_means)
+                if scores["val_psnr"] > best_psnr:
+                    best_psnr = scores["val_psnr"]
+                    checkpoint.save(
+                        save_dir / BEST,
+                        checkpoint.KIND_VAE,
+                        checkpoint.vae_payload(vae, to_dict(cfg), epoch=epoch, metrics=record),
+                    )
+                if epoch % cfg.viz_every == 0 or last or stopping:
+                    _save_pictures(save_dir, epoch, val_set, val_means, recon, cfg.seed)
+            history.append(record)
+            write_metrics(save_dir, history, CURVE_KEYS)
+            summary = ", ".join(
+                f"{k} {record[k]:.4g}"
+                for k in ("loss_total", "loss_rec", "val_psnr", "probe_acc", "images_per_s")
+                if k in record
+            )
+            if cfg.progress:
+                tqdm.write(f"epoch {epoch}: {summary}")
+            if last:
                 checkpoint.save(
-                    save_dir / BEST,
+                    save_dir / FINAL,
                     checkpoint.KIND_VAE,
                     checkpoint.vae_payload(vae, to_dict(cfg), epoch=epoch, metrics=record),
                 )
-            if epoch % cfg.viz_every == 0 or last or stopping:
-                _save_pictures(save_dir, epoch, val_set, val_means, recon, cfg.seed)
-        history.append(record)
-        write_metrics(save_dir, history, CURVE_KEYS)
-        summary = ", ".join(
-            f"{k} {record[k]:.4g}"
-            for k in ("loss_total", "loss_rec", "val_psnr", "probe_acc", "images_per_s")
-            if k in record
-        )
-        if cfg.progress:
-            tqdm.write(f"epoch {epoch}: {summary}")
-        if last:
-            checkpoint.save(
-                save_dir / FINAL,
-                checkpoint.KIND_VAE,
-                checkpoint.vae_payload(vae, to_dict(cfg), epoch=epoch, metrics=record),
-            )
-        if epoch % cfg.checkpoint_every == 0 or last or stopping:
-            save_state(epoch)
+            if epoch % cfg.checkpoint_every == 0 or last or stopping:
+                save_state(epoch)
+        rt.broadcast_buffers(vae)  # the latent statistics rank 0 just computed
         if stopping and not last:
-            if cfg.progress:
+            if cfg.progress and rt.is_main:
                 tqdm.write(f"stopped after epoch {epoch}; continue with --resume")
             break
-    return record
+    return record, vae
 
 
 def _save_pictures(
@@ -321,3 +405,14 @@ def _save_pictures(
         seed=seed,
         title=f"t-SNE of held-out latent means (epoch {epoch})",
     )
+
+
+def _cpu(tree: Any) -> Any:
+    """A (nested) state dict with every tensor on the CPU, so checkpoints load anywhere."""
+    if torch.is_tensor(tree):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_cpu(v) for v in tree]
+    return tree

@@ -97,11 +97,20 @@ class VAE(nn.Module):
         return mean + torch.exp(0.5 * logvar) * eps
 
     def forward(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reconstruction (from a posterior sample), posterior mean, posterior log-variance."""
+        """Reconstruction (from a posterior sample), posterior mean, posterior log-variance.
+
+        The sample uses ``eps`` when given (noise drawn elsewhere), else fresh noise."""
         mean, logvar = self.encode(x)
-        return self.decode(self.sample_posterior(mean, logvar, generator)), mean, logvar
+        if eps is None:
+            z = self.sample_posterior(mean, logvar, generator)
+        else:
+            z = mean + torch.exp(0.5 * logvar) * eps.to(mean.dtype)
+        return self.decode(z), mean, logvar
 
     # Latent normalisation: stored with the model, used by the diffusion stage.
     def set_latent_stats(self, latent_means: torch.Tensor) -> None:

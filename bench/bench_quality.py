@@ -1,0 +1,77 @@
+"""Quality of a model pair with the project's own `evaluate`: the headline figures at one
+setting, and quality against sampler and step count (so the default sampler is chosen by numbers).
+
+    # headline: 800 images per class, default sampler, with the real-data reference points
+    python bench/bench_quality.py --model-path weights/... --data-dir ../shared/data/catdog96 \
+        --inception-weights ../shared/weights/weights-inception-2015-12-05-6726825d.pth
+
+    # quality vs steps: fewer images per setting (KID is the figure to read at small n)
+    python bench/bench_quality.py ... --sweep "dpmpp:10,dpmpp:20,ddim:25,ddim:50,ddpm" \
+        --num-per-class 200 --no-reference-points
+
+Appends one JSON record per setting to bench/results/quality.jsonl; real-split features are
+cached (runs/feature_cache) so a sweep pays for Inception on generated images only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from common import append_record, record_header  # noqa: E402
+
+from catdog.config import DataConfig, EvaluateConfig  # noqa: E402
+from catdog.evaluate import evaluate, format_table  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--inception-weights", default=None)
+    parser.add_argument("--num-per-class", type=int, default=800)
+    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--sweep", default=None, help="sampler:steps,... (ddpm = all T steps)")
+    parser.add_argument("--no-reference-points", action="store_true")
+    parser.add_argument("--cache-dir", default="runs/feature_cache")
+    parser.add_argument("--label", default="", help="free text stored with the record")
+    args = parser.parse_args()
+    defaults = EvaluateConfig()
+    settings = [(defaults.sampler, defaults.steps)]
+    if args.sweep:
+        settings = []
+        for item in args.sweep.split(","):
+            sampler, _, steps = item.partition(":")
+            settings.append((sampler, int(steps) if steps else 1))
+    for sampler, steps in settings:
+        cfg = EvaluateConfig(
+            model_path=args.model_path,
+            data=DataConfig(data_dir=args.data_dir),
+            num_per_class=args.num_per_class,
+            sampler=sampler,
+            steps=steps,
+            guidance=defaults.guidance if args.guidance is None else args.guidance,
+            inception_weights=args.inception_weights,
+            cache_dir=args.cache_dir,
+            reference_points=not args.no_reference_points,
+            output=f"runs/bench_quality/{sampler}-{steps}.json",
+            progress=False,
+        )
+        start = time.perf_counter()
+        report = evaluate(cfg)
+        print(f"{sampler}-{steps}:\n{format_table(report)}\n", flush=True)
+        append_record("quality.jsonl", {
+            **record_header(), "label": args.label, "sampler": sampler, "steps": steps,
+            "guidance": cfg.guidance, "num_per_class": cfg.num_per_class,
+            "seconds": round(time.perf_counter() - start, 1), "report": report,
+        })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Regenerate BENCHMARKS.md from the committed records in bench/results/*.jsonl.
+
+    python bench/make_benchmarks.py
+
+Every figure in BENCHMARKS.md is copied from a record that a bench/ script wrote when it ran,
+with that record's date, machine and exact command beside it. Nothing here measures anything.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from catdog.evaluate import format_table  # noqa: E402
+
+
+def records(name: str) -> list[dict]:
+    path = HERE / "results" / name
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def provenance(r: dict) -> str:
+    return f"{r['date']}, {r['machine']}, commit {r.get('commit', '?')}:\n`{r['command']}`"
+
+
+def quality_section(out: list[str]) -> None:
+    rows = records("quality.jsonl")
+    headline = [r for r in rows if "real_train" in r["report"]["rows"]]
+    out.append("## Quality of the shipped models\n")
+    if not headline:
+        out.append("No quality record yet.\n")
+    else:
+        r = headline[-1]
+        out.append(
+            f"{r['num_per_class']} images per class from `{r['report']['scored']}`, sampler "
+            f"{r['sampler']} with {r['steps']} steps and guidance {r['guidance']}, against the "
+            f"real reference split. {r.get('label', '')}\n"
+        )
+        out.append(format_table(r["report"]) + "\n")
+        out.append(provenance(r) + "\n")
+    sweep = [r for r in rows if "real_train" not in r["report"]["rows"]]
+    out.append("## Quality against sampler and step count\n")
+    if not sweep:
+        out.append("No sweep record yet.\n")
+        return
+    out.append("| model | sampler | steps | guidance | n/class | KIDx1000 | FID | precision | "
+               "recall | class acc. | seconds |")  # fmt: skip
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in sweep:
+        s = r["report"]["rows"]["scored"]
+        steps = "all T" if r["sampler"] == "ddpm" else r["steps"]
+        out.append(
+            f"| {r.get('label') or r['report']['scored']} | {r['sampler']} | {steps} | "
+            f"{r['guidance']} | {r['num_per_class']} | {1000 * s['kid']:.2f} | {s['fid']:.1f} | "
+            f"{s['precision']:.3f} | {s['recall']:.3f} | {s['class_accuracy']:.3f} | "
+            f"{r['seconds']} |"
+        )
+    out.append("")
+    for command in dict.fromkeys(provenance(r) for r in sweep):
+        out.append(f"- {command}")
+    out.append("")
+
+
+def speed_section(out: list[str]) -> None:
+    out.append("## Sampling speed against step count (images/s, decoding included)\n")
+    rows = records("diffusion_speed.jsonl")
+    if not rows:
+        out.append("No record yet.\n")
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r["sampling_images_per_s"]))
+    out.append("| UNet widths x blocks | params | " + " | ".join(keys) + " |")
+    out.append("|---|---|" + "---|" * len(keys))
+    for r in rows:
+        u = r["unet_config"]
+        speeds = [str(r["sampling_images_per_s"].get(k, "-")) for k in keys]
+        out.append(
+            f"| {tuple(u['channels'])} x {u['blocks_per_level']} | "
+            f"{r['unet_params'] / 1e6:.2f} M | " + " | ".join(speeds) + " |"
+        )
+    out.append(f"\nGuidance {rows[-1]['guidance']} (two UNet passes a step). Records:\n")
+    for r in rows:
+        out.append(f"- {provenance(r)}")
+    out.append("")
+
+
+def training_section(out: list[str]) -> None:
+    out.append("## Training throughput\n")
+    out.append("### VAE stage\n")
+    out.append("| run | latent | params | epochs | wall minutes | images/s (median) | "
+               "held-out PSNR | probe acc. |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    vae = records("vae.jsonl")
+    for r in vae:
+        out.append(
+            f"| {r['label']} | {'x'.join(map(str, r['latent_shape']))} | "
+            f"{r['vae_params'] / 1e6:.2f} M | {r['epochs_done']} | {r['wall_minutes']} | "
+            f"{r['train_images_per_s_median']} | {r['val_psnr_last']} | {r['probe_acc_last']} |"
+        )
+    out.append("")
+    for r in vae:
+        out.append(f"- {provenance(r)}")
+    step = records("vae_step.jsonl")
+    if step:
+        out.append("\nOne training step, batch 32 (images/s):\n")
+        for name, value in step[-1]["images_per_s"].items():
+            out.append(f"- {name}: {value}")
+        out.append(f"\n{provenance(step[-1])}")
+    out.append("\n### Diffusion stage\n")
+    out.append("| UNet widths x blocks | attention levels | params | latents/s |")
+    out.append("|---|---|---|---|")
+    for r in records("diffusion_speed.jsonl"):
+        u = r["unet_config"]
+        out.append(
+            f"| {tuple(u['channels'])} x {u['blocks_per_level']} | {tuple(u['attention_levels'])}"
+            f" | {r['unet_params'] / 1e6:.2f} M | {r['train_latents_per_s']} |"
+        )
+    runs = records("training_runs.jsonl")
+    if runs:
+        out.append("\n### Full training runs\n")
+        out.append("| stage | run | epochs | wall minutes | result |\n|---|---|---|---|---|")
+        for r in runs:
+            out.append(f"| {r['stage']} | {r['label']} | {r['epochs']} | {r['wall_minutes']} | "
+                       f"{r['result']} |")  # fmt: skip
+        out.append("")
+        for r in runs:
+            out.append(f"- {provenance(r)}")
+    gpu = records("gpu.jsonl")
+    out.append("\n### GPU\n")
+    if not gpu:
+        out.append(
+            "No GPU figures: no session so far has been lent a GPU, and none are estimated here.\n"
+        )
+    for r in gpu:
+        out.append(f"- {json.dumps({k: v for k, v in r.items() if k != 'command'})}")
+        out.append(f"  {provenance(r)}")
+    out.append("")
+
+
+def main() -> None:
+    out = [
+        "# Benchmarks\n",
+        "Generated by `python bench/make_benchmarks.py` from `bench/results/*.jsonl`; every "
+        "figure comes from a committed record with its date, machine and command. Quality is "
+        "measured with `catdog evaluate` (Inception-v3 pool3 features, torch-fidelity). KID is "
+        "the figure to trust at small n; FID is biased upward at small n.\n",
+    ]
+    quality_section(out)
+    speed_section(out)
+    training_section(out)
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(out).rstrip() + "\n")
+    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    main()

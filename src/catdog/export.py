@@ -1,0 +1,51 @@
+"""The shipped-weights format: a diffusion checkpoint and its VAE as fp16 safetensors, side by
+side, plus a small 2D map of real latents for the denoising-path figure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import checkpoint
+from .config import DataConfig, from_dict
+from .data import balanced_subset, load_split
+
+VAE_FILE, DIFFUSION_FILE = "catdog_vae.safetensors", "catdog_diffusion.safetensors"
+
+
+def export_pair(
+    diffusion_path: str | os.PathLike, out_dir: str | os.PathLike, *, data_dir: str | None = None
+) -> list[Path]:
+    """Write ``catdog_vae.safetensors`` and ``catdog_diffusion.safetensors`` into ``out_dir``.
+
+    The diffusion file links its VAE by the content hash of the VAE *as it loads from the fp16
+    file*, so the pair checks itself exactly like the training checkpoints do. The latent map
+    is a 2D PCA of up to 400 held-out latents (basis and projected points, no images)."""
+    from .train_vae import encode_means
+    from .visualize import LatentMap
+
+    unet, schedule, record = checkpoint.load_diffusion(diffusion_path)
+    vae, vae_path = checkpoint.find_vae(diffusion_path, record)
+    vae_record = checkpoint.load(vae_path, checkpoint.KIND_VAE)
+    out = Path(out_dir)
+    vae_file, diffusion_file = out / VAE_FILE, out / DIFFUSION_FILE
+    skip = ("kind", "format_version")
+    checkpoint.save_safetensors(
+        vae_file, checkpoint.KIND_VAE, {k: v for k, v in vae_record.items() if k not in skip}
+    )
+    shipped_vae, _ = checkpoint.load_vae(vae_file)
+    data_cfg = from_dict(DataConfig, record["train_config"]["data"])
+    if data_dir is not None:
+        data_cfg.data_dir = data_dir
+    data_cfg.image_size = shipped_vae.cfg.image_size
+    held_out = balanced_subset(load_split(data_cfg, data_cfg.val_split), 400)
+    latent_map = LatentMap.fit(
+        shipped_vae.normalize_latent(encode_means(shipped_vae, held_out.images)), held_out.labels
+    )
+    link = {"sha256": checkpoint.content_hash(shipped_vae.state_dict()), "path": VAE_FILE,
+            "shipped": True}  # fmt: skip
+    payload = {k: v for k, v in record.items() if k not in (*skip, "vae")}
+    checkpoint.save_safetensors(diffusion_file, checkpoint.KIND_DIFFUSION, {
+        **payload, "vae": link, "latent_map": latent_map.tensors(),
+    })  # fmt: skip
+    return [vae_file, diffusion_file]

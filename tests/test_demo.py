@@ -1,0 +1,39 @@
+"""The main job: the shipped weights load, generate both classes, and draw the pictures."""
+
+import numpy as np
+from PIL import Image
+
+from catdog import checkpoint
+from catdog.generate import SHIPPED_MODEL
+from tests.conftest import run_cli
+
+
+def test_shipped_weights_are_a_linked_fp16_pair_within_budget():
+    record = checkpoint.load(SHIPPED_MODEL, checkpoint.KIND_DIFFUSION)
+    vae, vae_path = checkpoint.find_vae(SHIPPED_MODEL, record)
+    assert vae_path.parent == SHIPPED_MODEL.parent and bool(vae.has_latent_stats)
+    total = sum(p.stat().st_size for p in SHIPPED_MODEL.parent.glob("*.safetensors"))
+    assert total <= 50 * 2**20
+    assert {"train_config", "unet_config", "schedule_config", "latent_map"} <= set(record)
+
+
+def test_demo_writes_both_classes_gifs_and_the_denoising_path(tmp_path):
+    result = run_cli("-m", "catdog.demo", "--output", str(tmp_path), "--num-samples", "4")
+    assert result.returncode == 0, result.stderr
+    for name in ("cat", "dog"):
+        singles = sorted((tmp_path / name).glob(f"{name}_0*.png"))
+        assert len(singles) == 4
+        pixels = np.asarray(Image.open(singles[0]))
+        assert pixels.shape == (48, 48, 3) and pixels.std() > 5  # an image, not a flat field
+        assert (tmp_path / name / f"{name}_grid.png").is_file()
+        with Image.open(tmp_path / "figures" / f"denoising_{name}.gif") as gif:
+            assert gif.n_frames > 10
+    assert (tmp_path / "figures" / "denoising_path.png").stat().st_size > 10_000
+    assert str(tmp_path / "cat" / "cat_grid.png") in result.stdout
+
+
+def test_original_scripts_default_to_the_shipped_weights(tmp_path):
+    result = run_cli("generate.py", "--class_name", "dog", "--num_samples", "2",
+                     "--output", str(tmp_path), "--seed", "7")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert np.asarray(Image.open(tmp_path / "dog_0007.png")).shape == (48, 48, 3)

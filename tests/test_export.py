@@ -1,0 +1,67 @@
+"""The shipped-weights format: fp16 safetensors pairs that load, link and sample like the
+training checkpoints they came from."""
+
+import pytest
+import torch
+
+from catdog import checkpoint, visualize
+from catdog.errors import CatdogError
+from catdog.export import DIFFUSION_FILE, VAE_FILE, export_pair
+from catdog.generate import sample_latents
+from tests.conftest import assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_pair, tmp_path_factory):
+    return export_pair(tiny_pair, tmp_path_factory.mktemp("shipped"))
+
+
+def _images(model_path):
+    unet, schedule, record = checkpoint.load_diffusion(model_path)
+    vae, _ = checkpoint.find_vae(model_path, record)
+    z = sample_latents(unet, schedule, torch.tensor([0, 1]), [3, 4], sampler="ddim", steps=5)
+    with torch.no_grad():
+        return vae.decode(vae.denormalize_latent(z))
+
+
+def test_export_writes_fp16_safetensors_that_sample_like_the_original(tiny_pair, exported):
+    vae_file, diffusion_file = exported
+    assert (vae_file.name, diffusion_file.name) == (VAE_FILE, DIFFUSION_FILE)
+    from safetensors import safe_open
+
+    with safe_open(str(diffusion_file), framework="pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys() if not k.startswith("latent_map/")}  # noqa: SIM118
+    assert dtypes == {torch.float16}
+    original, shipped = _images(tiny_pair), _images(diffusion_file)
+    assert (original - shipped).abs().mean() < 0.02  # fp16 rounding only
+
+
+def test_exported_pair_keeps_its_link_and_refuses_another_vae(exported, tmp_path):
+    vae_file, diffusion_file = exported
+    record = checkpoint.load(diffusion_file, checkpoint.KIND_DIFFUSION)
+    vae, found = checkpoint.find_vae(diffusion_file, record)
+    assert found == vae_file
+    payload = checkpoint.load(vae_file, checkpoint.KIND_VAE)
+    payload["state_dict"]["latent_mean"] = payload["state_dict"]["latent_mean"] + 1
+    other = tmp_path / "other.safetensors"
+    checkpoint.save_safetensors(other, checkpoint.KIND_VAE, {
+        k: v for k, v in payload.items() if k not in ("kind", "format_version")})  # fmt: skip
+    with pytest.raises(CatdogError, match="does not match"):
+        checkpoint.find_vae(diffusion_file, record, str(other))
+    result = run_cli("generate.py", "--model_path", str(vae_file), "--output", str(tmp_path))
+    assert_one_line_error(result, "is a VAE checkpoint, but a diffusion checkpoint is needed")
+
+
+def test_denoising_path_uses_the_shipped_latent_map_where_no_images_are(exported, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    import catdog.data
+
+    def no_data(*args, **kwargs):
+        raise CatdogError("data directory not found: ./data")
+
+    monkeypatch.setattr(catdog.data, "load_split", no_data)
+    written = visualize.make_figures(str(exported[1]), tmp_path / "fig", steps=4)
+    names = sorted(p.name for p in written)
+    assert names == ["denoising_cat.gif", "denoising_dog.gif", "denoising_path.png",
+                     "samples_cat.png", "samples_dog.png"]  # fmt: skip
+    assert all(p.stat().st_size > 0 for p in written)
