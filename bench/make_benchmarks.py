@@ -123,10 +123,12 @@ def training_section(out: list[str]) -> None:
     runs = records("training_runs.jsonl")
     if runs:
         out.append("\n### Full training runs\n")
-        out.append("| stage | run | epochs | wall minutes | result |\n|---|---|---|---|---|")
+        out.append("| stage | run | epochs | minutes (sum of epochs) | minutes on a quiet "
+                   "machine (epochs x median) | result |")  # fmt: skip
+        out.append("|---|---|---|---|---|---|")
         for r in runs:
             out.append(f"| {r['stage']} | {r['label']} | {r['epochs']} | {r['wall_minutes']} | "
-                       f"{r['result']} |")  # fmt: skip
+                       f"{r.get('quiet_minutes', '-')} | {r['result']} |")  # fmt: skip
         out.append("")
         for r in runs:
             out.append(f"- {provenance(r)}")

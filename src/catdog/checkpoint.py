@@ -64,9 +64,21 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def to_cpu(tree: Any) -> Any:
+    """A (nested) state dict with every tensor on the CPU, so checkpoints load anywhere."""
+    if torch.is_tensor(tree):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [to_cpu(v) for v in tree]
+    return tree
+
+
 def save(path: str | os.PathLike, kind: str, payload: dict[str, Any]) -> None:
-    """Save ``payload`` tagged with ``kind`` and the format version, atomically."""
-    record = {"kind": kind, "format_version": FORMAT_VERSION, **payload}
+    """Save ``payload`` tagged with ``kind`` and the format version, atomically. Tensors are
+    saved from the CPU, so a checkpoint written on a GPU loads anywhere."""
+    record = {"kind": kind, "format_version": FORMAT_VERSION, **to_cpu(payload)}
     atomic_write(path, lambda f: torch.save(record, f))
 
 

@@ -161,6 +161,14 @@ class Runtime:
             dist.barrier()
 
 
+def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move an optimiser's state (e.g. Adam moments loaded on the CPU) to ``device``."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and key != "step":
+                state[key] = value.to(device)
+
+
 def check_batch(global_batch: int, world_size: int, accum: int) -> None:
     if accum < 1:
         raise CatdogError(f"--grad-accum must be at least 1, got {accum}")

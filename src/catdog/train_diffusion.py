@@ -162,10 +162,7 @@ def train_on(
     device = rt.device
     unet.to(device)
     ema.model.to(device)
-    for value in opt.state.values():  # a resumed optimiser's moments follow the weights
-        for key, tensor in value.items():
-            if torch.is_tensor(tensor) and key != "step":
-                value[key] = tensor.to(device)
+    distributed.optimizer_to(opt, device)  # a resumed optimiser's moments follow the weights
     model = rt.wrap(unet)
     norm_mean, norm_std = vae.latent_mean[:, None, None], vae.latent_std[:, None, None]
     if rt.is_main:
@@ -174,8 +171,8 @@ def train_on(
 
     def save_state(epoch: int) -> None:
         checkpoint.save(save_dir / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE, {
-            "train_config": to_dict(cfg), "unet": _cpu(unet.state_dict()),
-            "ema": _cpu(ema.state_dict()), "opt": _cpu(opt.state_dict()), "epoch": epoch,
+            "train_config": to_dict(cfg), "unet": unet.state_dict(),
+            "ema": ema.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
             "step": step, "history": history, "rng": torch.get_rng_state(),
             "data_rng": data_rng.get_state(), "vae": vae_link,
         })  # fmt: skip
@@ -259,14 +256,3 @@ def train_on(
                 tqdm.write(f"stopped after epoch {epoch}; continue with --resume")
             break
     return record, unet
-
-
-def _cpu(tree: Any) -> Any:
-    """A state dict (nested) with every tensor on the CPU, so checkpoints load anywhere."""
-    if torch.is_tensor(tree):
-        return tree.detach().cpu()
-    if isinstance(tree, dict):
-        return {k: _cpu(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_cpu(v) for v in tree]
-    return tree

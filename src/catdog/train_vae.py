@@ -219,10 +219,10 @@ def train_on(
             checkpoint.KIND_VAE_TRAIN_STATE,
             {
                 "train_config": to_dict(cfg),
-                "vae": _cpu(vae.state_dict()),
-                "opt": _cpu(opt.state_dict()),
-                "disc": _cpu(disc.state_dict()) if disc is not None else None,
-                "disc_opt": _cpu(disc_opt.state_dict()) if disc_opt is not None else None,
+                "vae": vae.state_dict(),
+                "opt": opt.state_dict(),
+                "disc": disc.state_dict() if disc is not None else None,
+                "disc_opt": disc_opt.state_dict() if disc_opt is not None else None,
                 "epoch": epoch,
                 "step": step,
                 "history": history,
@@ -405,14 +405,3 @@ def _save_pictures(
         seed=seed,
         title=f"t-SNE of held-out latent means (epoch {epoch})",
     )
-
-
-def _cpu(tree: Any) -> Any:
-    """A (nested) state dict with every tensor on the CPU, so checkpoints load anywhere."""
-    if torch.is_tensor(tree):
-        return tree.detach().cpu()
-    if isinstance(tree, dict):
-        return {k: _cpu(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_cpu(v) for v in tree]
-    return tree
