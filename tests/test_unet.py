@@ -32,16 +32,17 @@ def test_three_level_unet():
     ).shape == (2, 4, 12, 12)
 
 
-def test_label_dropout_only_in_training():
+def test_label_dropout_uses_the_given_stream_at_the_configured_rate():
     net = UNet(UNetConfig(**{**TINY.__dict__, "class_dropout": 0.5}))
     assert net.null_label == 2
     labels = torch.zeros(4000, dtype=torch.long)
-    net.train()
-    emb = net.class_embedder(labels)
+    dropped = net.drop_labels(labels, torch.Generator().manual_seed(0))
+    assert set(dropped.unique().tolist()) == {0, 2}
+    assert 0.45 < (dropped == 2).float().mean().item() < 0.55
+    again = net.drop_labels(labels, torch.Generator().manual_seed(0))
+    assert torch.equal(dropped, again)  # the same stream gives the same mask
+    net.train()  # the embedding itself never drops labels
     null = net.class_embedder.embedding.weight[2]
-    dropped = (emb == null).all(dim=1).float().mean().item()
-    assert 0.45 < dropped < 0.55
-    net.eval()
     assert not (net.class_embedder(labels) == null).all(dim=1).any()
 
 

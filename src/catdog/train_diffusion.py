@@ -206,6 +206,7 @@ def train_on(
                 mean = mean + std * torch.randn(mean.shape, generator=data_rng)
             noise = torch.randn(mean.shape, generator=data_rng)
             t = torch.randint(1, schedule.num_timesteps + 1, (len(index),), generator=data_rng)
+            labels = unet.drop_labels(labels, data_rng)  # null label, for guidance
             slices = rt.local_slices(len(index), accum)
             opt.zero_grad(set_to_none=True)
             for k, part in enumerate(slices):

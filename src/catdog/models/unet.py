@@ -1,9 +1,10 @@
 """The class-conditional UNet that denoises VAE latents.
 
 Residual blocks receive a time embedding (sinusoidal, then an MLP) plus a class embedding.
-The class embedding has one extra row, the null label, and labels are replaced by it with
-probability ``class_dropout`` in training, so one network gives both the conditional and the
-unconditional prediction that classifier-free guidance combines (Ho & Salimans 2022).
+The class embedding has one extra row, the null label. The training loop replaces labels by it
+with probability ``class_dropout`` (``UNet.drop_labels``), so one network gives both the
+conditional and the unconditional prediction that classifier-free guidance combines (Ho &
+Salimans 2022).
 """
 
 from __future__ import annotations
@@ -16,18 +17,14 @@ from .layers import ResBlock, SelfAttention, group_norm, timestep_embedding
 
 
 class ClassEmbedder(nn.Module):
-    """Label -> embedding, with the named null label and training-time label dropout."""
+    """Label -> embedding, with one more row for the named null label."""
 
-    def __init__(self, num_classes: int, dim: int, dropout: float) -> None:
+    def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()
         self.null_label = num_classes
-        self.dropout = dropout
         self.embedding = nn.Embedding(num_classes + 1, dim)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        if self.training and self.dropout > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.dropout
-            labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
         return self.embedding(labels)
 
 
@@ -65,7 +62,7 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
-        self.class_embedder = ClassEmbedder(cfg.num_classes, emb_dim, cfg.class_dropout)
+        self.class_embedder = ClassEmbedder(cfg.num_classes, emb_dim)
         self.stem = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -93,6 +90,14 @@ class UNet(nn.Module):
     @property
     def null_label(self) -> int:
         return self.class_embedder.null_label
+
+    def drop_labels(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Labels with each replaced by the null label with probability ``class_dropout``.
+
+        Done by the training loop on the whole global batch (with the run's shared random
+        stream), not inside ``forward``, so data-parallel ranks agree with one process."""
+        drop = torch.rand(labels.shape, generator=generator) < self.cfg.class_dropout
+        return torch.where(drop, torch.full_like(labels, self.null_label), labels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.cfg.channels[0])) + self.class_embedder(
