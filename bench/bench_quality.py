@@ -6,7 +6,7 @@ setting, and quality against sampler and step count (so the default sampler is c
         --inception-weights ../shared/weights/weights-inception-2015-12-05-6726825d.pth
 
     # quality vs steps: fewer images per setting (KID is the figure to read at small n)
-    python bench/bench_quality.py ... --sweep "dpmpp:10,dpmpp:20,ddim:25,ddim:50,ddpm" \
+    python bench/bench_quality.py ... --sweep "dpmpp:10,dpmpp:20,ddim:25,ddim:50,ddpm,dpmpp:20:4" \
         --num-per-class 200 --no-reference-points
 
 Appends one JSON record per setting to bench/results/quality.jsonl; real-split features are
@@ -37,35 +37,40 @@ def main() -> None:
     parser.add_argument("--inception-weights", default=None)
     parser.add_argument("--num-per-class", type=int, default=800)
     parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--sweep", default=None, help="sampler:steps,... (ddpm = all T steps)")
+    parser.add_argument(
+        "--sweep", default=None,
+        help="sampler:steps[:guidance],... (ddpm = all T steps, e.g. ddpm::2)",
+    )  # fmt: skip
     parser.add_argument("--no-reference-points", action="store_true")
     parser.add_argument("--cache-dir", default="runs/feature_cache")
     parser.add_argument("--label", default="", help="free text stored with the record")
     args = parser.parse_args()
     defaults = EvaluateConfig()
-    settings = [(defaults.sampler, defaults.steps)]
+    guidance = defaults.guidance if args.guidance is None else args.guidance
+    settings = [(defaults.sampler, defaults.steps, guidance)]
     if args.sweep:
         settings = []
         for item in args.sweep.split(","):
-            sampler, _, steps = item.partition(":")
-            settings.append((sampler, int(steps) if steps else 1))
-    for sampler, steps in settings:
+            sampler, *rest = item.split(":")
+            steps = int(rest[0]) if rest and rest[0] else 1
+            settings.append((sampler, steps, float(rest[1]) if len(rest) > 1 else guidance))
+    for sampler, steps, scale in settings:
         cfg = EvaluateConfig(
             model_path=args.model_path,
             data=DataConfig(data_dir=args.data_dir),
             num_per_class=args.num_per_class,
             sampler=sampler,
             steps=steps,
-            guidance=defaults.guidance if args.guidance is None else args.guidance,
+            guidance=scale,
             inception_weights=args.inception_weights,
             cache_dir=args.cache_dir,
             reference_points=not args.no_reference_points,
-            output=f"runs/bench_quality/{sampler}-{steps}.json",
+            output=f"runs/bench_quality/{sampler}-{steps}-g{scale}.json",
             progress=False,
         )
         start = time.perf_counter()
         report = evaluate(cfg)
-        print(f"{sampler}-{steps}:\n{format_table(report)}\n", flush=True)
+        print(f"{sampler}-{steps}, guidance {scale}:\n{format_table(report)}\n", flush=True)
         append_record("quality.jsonl", {
             **record_header(), "label": args.label, "sampler": sampler, "steps": steps,
             "guidance": cfg.guidance, "num_per_class": cfg.num_per_class,

@@ -28,8 +28,14 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--stage", choices=["vae", "diffusion"], required=True)
     parser.add_argument("--label", required=True)
+    parser.add_argument(
+        "--last-epoch", type=int, default=None,
+        help="count epochs up to this one (the checkpoint kept, when the run went on past it)",
+    )  # fmt: skip
     args = parser.parse_args()
     rows = [json.loads(x) for x in (Path(args.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    if args.last_epoch is not None:
+        rows = [r for r in rows if r["epoch"] <= args.last_epoch]
     speed_key = "images_per_s" if args.stage == "vae" else "latents_per_s"
     last = rows[-1]
     if args.stage == "vae":

