@@ -72,10 +72,11 @@ def test_lr_scaling_is_explicit():
     assert effective_lr(sqrt, 1e-3, 512) == pytest.approx(2e-3)
 
 
-def _launch(stage, cfg, out, ranks):
+def _launch(stage, cfg, out, ranks, resume=False):
     config = out.parent / f"{out.name}.json"
     config.write_text(json.dumps(to_dict(cfg)))
     worker = [str(ROOT / "tests" / "ddp_worker.py"), stage, str(config), str(out)]
+    worker += ["resume"] if resume else []
     if ranks == 1:
         cmd = [sys.executable, *worker]
     else:
@@ -128,3 +129,13 @@ def test_diffusion_stage_on_two_ranks_matches_one_process(tiny_data, tiny_vae, t
         return cfg
 
     _compare(tmp_path, "diffusion", make, "loss")
+    # --resume under DDP: stop the 2-rank run after epoch 1, resume it on 2 ranks; the result is
+    # the straight 2-rank run's.
+    resumed = tmp_path / "resumed"
+    first = make(resumed / "run")
+    first.stop_at_epoch = 1
+    _launch("diffusion", first, resumed, 2)
+    _launch("diffusion", make(resumed / "run"), resumed, 2, resume=True)
+    straight, again = (torch.load(d / "rank0.pt") for d in (tmp_path / "double", resumed))
+    for k in straight:
+        torch.testing.assert_close(again[k], straight[k], atol=WEIGHT_ATOL, rtol=0)
