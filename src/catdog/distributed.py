@@ -124,7 +124,7 @@ class Runtime:
         """Sum a float64 CPU tensor over ranks (every rank must call this)."""
         if not self.distributed:
             return values
-        moved = values.to(self.device, torch.float64 if self.device.type != "mps" else None)
+        moved = values.to(self.device, torch.float32 if self.device.type == "mps" else None)
         dist.all_reduce(moved, op=dist.ReduceOp.SUM)
         return moved.cpu()
 

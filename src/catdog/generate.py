@@ -71,6 +71,18 @@ def sample_latents(
     return torch.cat(out)
 
 
+@torch.no_grad()
+def decode_latents(
+    vae: torch.nn.Module, normalised: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
+    """Images in [-1, 1] (on the CPU) from normalised latents: the exact inverse of the
+    normalisation the diffusion model was trained with, then the decoder, in batches."""
+    return torch.cat([
+        vae.decode(vae.denormalize_latent(chunk.cpu())).clamp(-1, 1)
+        for chunk in normalised.split(batch_size)
+    ])  # fmt: skip
+
+
 def _check(cfg: GenerateConfig, num_timesteps: int | None = None) -> None:
     class_label(cfg.class_name)
     if cfg.num_samples <= 0:
@@ -115,8 +127,7 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     z = sample_latents(unet, schedule, torch.full((cfg.num_samples,), label), seeds,
                        sampler=cfg.sampler, steps=steps, guidance=cfg.guidance, eta=cfg.eta,
                        batch_size=cfg.batch_size, progress=cfg.progress)  # fmt: skip
-    with torch.no_grad():
-        images = torch.cat([vae.decode(vae.denormalize_latent(c)) for c in z.split(256)])
+    images = decode_latents(vae, z)
     paths = []
     for i, image in enumerate(images):
         path = output / f"{cfg.class_name}_{seeds[i]:04d}.png"

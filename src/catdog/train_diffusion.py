@@ -31,7 +31,7 @@ from .data import load_split, to_float
 from .diffusion import NoiseSchedule
 from .ema import EMA
 from .errors import CatdogError
-from .generate import sample_latents
+from .generate import decode_latents, sample_latents
 from .models.unet import UNet
 from .runs import prepare_run, write_metrics
 
@@ -98,7 +98,7 @@ def sample_grid(
         unet, schedule, labels, seeds, sampler="ddim", steps=steps, guidance=guidance,
         device=device,
     )  # fmt: skip
-    return vae.decode(vae.denormalize_latent(z.cpu())).clamp(-1, 1)
+    return decode_latents(vae, z)
 
 
 def train(cfg: DiffusionTrainConfig, *, resume: bool = False) -> dict[str, Any]:
@@ -164,7 +164,6 @@ def train_on(
     ema.model.to(device)
     distributed.optimizer_to(opt, device)  # a resumed optimiser's moments follow the weights
     model = rt.wrap(unet)
-    norm_mean, norm_std = vae.latent_mean[:, None, None], vae.latent_std[:, None, None]
     if rt.is_main:
         checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
     vae_link = {"sha256": vae_hash, "path": str(Path(cfg.vae_path).resolve())}
@@ -210,7 +209,7 @@ def train_on(
             slices = rt.local_slices(len(index), accum)
             opt.zero_grad(set_to_none=True)
             for k, part in enumerate(slices):
-                x0 = ((mean[part] - norm_mean) / norm_std).to(device)
+                x0 = vae.normalize_latent(mean[part]).to(device)
                 eps, tt, yy = noise[part].to(device), t[part].to(device), labels[part].to(device)
                 with rt.no_sync(model, k == len(slices) - 1), rt.autocast():
                     prediction = model(schedule.add_noise(x0, eps, tt), tt, yy)

@@ -23,6 +23,7 @@ from . import CLASS_NAMES
 from .checkpoint import atomic_write_bytes
 from .data import ImageSet, to_float, to_uint8
 from .diffusion import NoiseSchedule, ddim_sample, per_sample_noise
+from .generate import decode_latents
 from .viz import save_figure
 
 
@@ -46,11 +47,6 @@ def reverse_trajectory(
     ddim_sample(unet, x_T, timesteps, labels=torch.tensor([label]), schedule=schedule,
                 null_label=unet.null_label, guidance=guidance, callback=record)  # fmt: skip
     return ts, torch.stack(xs), torch.stack(x0s)
-
-
-def _decode(vae: torch.nn.Module, normalised: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return vae.decode(vae.denormalize_latent(normalised)).clamp(-1, 1)
 
 
 def _show(ax: plt.Axes, image: torch.Tensor, title: str) -> None:
@@ -110,7 +106,7 @@ def save_denoising_path(
                                          guidance=guidance)  # fmt: skip
         picks = np.linspace(0, steps - 1, shown).round().astype(int)
         for col, i in enumerate(picks):
-            image = _decode(vae, (x0s[i] if show == "x0" else xs[i + 1])[None])[0]
+            image = decode_latents(vae, (x0s[i] if show == "x0" else xs[i + 1])[None])[0]
             label = "predicted x0" if show == "x0" else "current x_t"
             _show(
                 fig.add_subplot(grid[row, col]),
@@ -148,8 +144,8 @@ def save_denoising_gif(
     """Animated GIF from noise to image: each frame shows the decoded current latent x_t
     (left) and the decoded predicted x0 (right); the last frame is held for 1.5 s."""
     ts, xs, x0s = reverse_trajectory(unet, schedule, label, seed, steps=steps, guidance=guidance)
-    current = _decode(vae, xs[1:])
-    predicted = _decode(vae, x0s)
+    current = decode_latents(vae, xs[1:])
+    predicted = decode_latents(vae, x0s)
     frames = []
     for cur, pred in zip(current, predicted, strict=True):
         pair = torch.cat([cur, torch.ones(3, cur.shape[1], 2), pred], dim=2)
@@ -197,7 +193,7 @@ def save_comparison(
         timesteps = [s for s in schedule.spaced_timesteps(steps) if s < t]
         z = ddim_sample(unet, x_t, [t, *timesteps], labels=originals.labels, schedule=schedule,
                         null_label=unet.null_label, guidance=guidance)  # fmt: skip
-        columns.append((f"noised to t={t},\ndenoised", _decode(vae, z)))
+        columns.append((f"noised to t={t},\ndenoised", decode_latents(vae, z)))
     fig, axes = plt.subplots(len(x), len(columns), figsize=(1.6 * len(columns), 1.7 * len(x)),
                              squeeze=False)  # fmt: skip
     for row in range(len(x)):
@@ -269,7 +265,7 @@ def make_figures(
                                list(range(seed, seed + n)), sampler="dpmpp", steps=20,
                                guidance=guidance)  # fmt: skip
             written.append(out / f"samples_{name}.png")
-            save_png(written[-1], image_grid(_decode(vae, z), nrow=8), scale=2)
+            save_png(written[-1], image_grid(decode_latents(vae, z), nrow=8), scale=2)
     if test is not None:
         per_class = max(1, comparisons // 2)
         index = torch.cat([torch.nonzero(test.labels == c).flatten()[:per_class] for c in (0, 1)])
