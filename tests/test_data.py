@@ -10,6 +10,7 @@ from catdog.data import (
     load_folder,
     load_split,
     load_stl10,
+    random_resized_crops,
     resolve_kind,
     to_float,
     to_uint8,
@@ -151,6 +152,23 @@ def test_augment_flips_where_it_says_and_jitter_stays_in_range():
     assert torch.equal(out[~flipped], x[~flipped])
     jittered, _ = augment(x, torch.Generator().manual_seed(0), hflip=False, color_jitter=0.2)
     assert jittered.min() >= -1 and jittered.max() <= 1 and not torch.equal(jittered, x)
+
+
+def test_random_resized_crops_zoom_into_the_image_without_borders():
+    # A 32 px image whose left half is black and right half white; crops to 8 px.
+    images = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
+    images[..., 16:] = 255
+    rng = torch.Generator().manual_seed(0)
+    crops = random_resized_crops(images, 8, 0.75, rng)
+    assert crops.shape == (64, 3, 8, 8) and crops.dtype == torch.uint8
+    # Each crop still shows the edge (a crop of >= 3/4 of the side contains the middle) ...
+    assert (crops[..., 0] < 64).all() and (crops[..., -1] > 191).all()
+    # ... at positions that vary with the crop.
+    edge = (crops[:, 0, 0].float() > 127).float().argmax(dim=-1)
+    assert len(edge.unique()) > 1
+    same = random_resized_crops(images, 8, 0.75, torch.Generator().manual_seed(0))
+    assert torch.equal(crops, same)  # reproducible from the generator
+    assert torch.equal(random_resized_crops(images, 32, 1.0, rng), images)  # scale 1: identity
 
 
 def test_uint8_float_round_trip():

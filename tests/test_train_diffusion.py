@@ -5,10 +5,20 @@ import torch
 from PIL import Image
 
 from catdog import checkpoint
+from catdog.config import ScheduleConfig
 from catdog.data import load_folder, to_float
+from catdog.diffusion import NoiseSchedule
 from catdog.errors import CatdogError
 from catdog.models.vae import VAE
-from catdog.train_diffusion import FINAL, LATENTS, STATE, encode_training_set, train
+from catdog.train_diffusion import (
+    FINAL,
+    LATENTS,
+    STATE,
+    denoising_error,
+    encode_training_set,
+    load_or_cache_latents,
+    train,
+)
 from tests.conftest import tiny_diffusion_cfg
 
 
@@ -25,6 +35,8 @@ def test_training_writes_an_ema_checkpoint_linked_to_its_vae(tiny_data, tiny_vae
     assert not all(torch.equal(record["state_dict"][k], v) for k, v in state["unet"].items())
     history = [json.loads(x) for x in (save_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2] and history[-1]["loss"] > 0
+    # Held-out and training denoising errors are tracked at checkpoints.
+    assert history[-1]["val_x0_mse"] > 0 and history[-1]["train_x0_mse"] > 0
     with Image.open(save_dir / "samples" / "epoch_0002.png") as im:
         im.verify()
     cached = torch.load(save_dir / LATENTS, weights_only=True)
@@ -40,6 +52,51 @@ def test_cached_latents_are_the_posterior_of_images_and_mirrors(tiny_data, tiny_
         direct = vae.encode(to_float(images[1:2]).flip(-1))
     torch.testing.assert_close(mean[3 + 1], direct[0][0])
     torch.testing.assert_close(logvar[3 + 1], direct[1][0])
+
+
+def test_crop_copies_add_cropped_latents_and_key_the_cache(tiny_data, tiny_vae, tmp_path):
+    cfg = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, epochs=1, crop_copies=2)
+    vae, _ = checkpoint.load_vae(tiny_vae)
+    cfg.data.image_size = vae.cfg.image_size  # as training does: the data follows the VAE
+    key = checkpoint.content_hash(vae.state_dict())
+    cached = load_or_cache_latents(cfg, vae, key)
+    assert cached["mean"].shape == (24 * 2 * 3, 2, 8, 8)  # (original + 2 crops) x mirrors
+    assert cached["labels"].tolist() == ([0] * 12 + [1] * 12) * 6
+    plain = encode_training_set(vae, load_folder(tiny_data, "train", 16).images)[0]
+    torch.testing.assert_close(cached["mean"][:48], plain)  # the first copy is uncropped
+    assert not torch.allclose(cached["mean"][48:96], plain)  # the others are not
+    # Another crop setting does not reuse the cache.
+    cfg.crop_min_scale = 0.5
+    again = load_or_cache_latents(cfg, vae, key)
+    assert not torch.equal(again["mean"][48:], cached["mean"][48:])
+    assert torch.equal(load_or_cache_latents(cfg, vae, key)["mean"], again["mean"])
+    cfg.crop_copies = -1
+    with pytest.raises(CatdogError, match="crop_copies"):
+        load_or_cache_latents(cfg, vae, key)
+
+
+class _EpsOracleForZeroLatents(torch.nn.Module):
+    """Predicts the exact noise when the clean latent is 0 (then x_t = sigma_t * eps)."""
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule, self.dummy = schedule, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, t, labels):
+        return x / (1 - self.schedule.alpha_bar[t]).sqrt()[:, None, None, None]
+
+
+def test_denoising_error_is_zero_for_an_oracle_and_not_for_a_guess():
+    schedule = NoiseSchedule(ScheduleConfig(objective="eps"))
+    x0, labels = torch.zeros(6, 2, 4, 4), torch.tensor([0, 1] * 3)
+    oracle = _EpsOracleForZeroLatents(schedule)
+    assert denoising_error(oracle, schedule, x0, labels) < 1e-8
+    guess = _EpsOracleForZeroLatents(schedule)
+    guess.forward = lambda x, t, labels: torch.zeros_like(x)  # "no noise": x0 = x_t / alpha_t
+    assert denoising_error(guess, schedule, x0, labels) > 0.1
+    assert denoising_error(guess, schedule, x0, labels, seed=1) != denoising_error(
+        guess, schedule, x0, labels, seed=2
+    )
 
 
 def test_resume_continues_exactly(tiny_data, tiny_vae, tmp_path):

@@ -319,6 +319,7 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         help=f"label -> null probability, for guidance (default: {u.class_dropout})",
     )
+    _flag(parser, "dropout", type=float, help=f"UNet dropout (default: {u.dropout})")
     _flag(
         parser, "schedule", choices=["linear", "cosine"], help=f"noise schedule (default: {s.kind})"
     )
@@ -342,6 +343,19 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
         "latent-sampling",
         choices=["posterior", "mean"],
         help=f"train on posterior samples or means (default: {d.latent_sampling})",
+    )
+    _flag(
+        parser,
+        "crop-copies",
+        type=int,
+        help="extra random-crop copies (and mirrors) of each training image in the latent cache "
+        f"(default: {d.crop_copies})",
+    )
+    _flag(
+        parser,
+        "crop-min-scale",
+        type=float,
+        help=f"smallest crop side, relative to the image (default: {d.crop_min_scale})",
     )
     _flag(parser, "epochs", type=int, help=f"passes over the cached latents (default: {d.epochs})")
     _flag(parser, "batch-size", type=int, help=f"batch size (default: {d.batch_size})")
@@ -405,7 +419,7 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
         o["unet"]["channels"] = _int_list(args.channels, "--channels")
     if args.attention_levels is not None:
         o["unet"]["attention_levels"] = _int_list(args.attention_levels, "--attention-levels")
-    for key in ("blocks_per_level", "class_dropout"):
+    for key in ("blocks_per_level", "class_dropout", "dropout"):
         if getattr(args, key) is not None:
             o["unet"][key] = getattr(args, key)
     for flag, key in (("schedule", "kind"), ("timesteps", "num_timesteps"),
@@ -415,6 +429,8 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
     run_keys = (
         "vae_path",
         "latent_sampling",
+        "crop_copies",
+        "crop_min_scale",
         "epochs",
         "batch_size",
         "lr",

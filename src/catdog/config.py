@@ -177,6 +177,11 @@ class DiffusionTrainConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     latent_sampling: str = "posterior"  # "posterior": draw z ~ q(z|x) each step; "mean": use mu
+    # Extra copies of each training image in the latent cache, each a random crop (side
+    # U(crop_min_scale, 1) of the source image) and its mirror image: data-limited training
+    # sees more distinct latents. 0 = the images and their mirrors only.
+    crop_copies: int = 0
+    crop_min_scale: float = 0.8
     epochs: int = 2000  # one epoch = one pass over the cached (flip-augmented) training latents
     batch_size: int = 128
     lr: float = 1e-3

@@ -229,6 +229,27 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def random_resized_crops(
+    images: torch.Tensor, size: int, min_scale: float, generator: torch.Generator
+) -> torch.Tensor:
+    """One random square crop per uint8 image (N, 3, H, W), resized to ``size`` with antialiasing.
+
+    The crop's side is ``U(min_scale, 1)`` times the image's, at a uniform position: a small zoom
+    and shift with no padded borders. Crop from a resolution above ``size`` (e.g. STL-10's 96 px
+    for 48 px training) so that the zoom does not upsample.
+    """
+    n, _, h, w = images.shape
+    side = min(h, w)
+    scales = min_scale + (1 - min_scale) * torch.rand(n, generator=generator)
+    corners = torch.rand(n, 2, generator=generator)
+    out = []
+    for img, scale, (u, v) in zip(images, scales.tolist(), corners.tolist(), strict=True):
+        c = max(1, round(side * scale))
+        top, left = round(u * (h - c)), round(v * (w - c))
+        out.append(TF.resized_crop(img, top, left, c, c, [size, size], antialias=True))
+    return torch.stack(out)
+
+
 def augment(
     images: torch.Tensor, generator: torch.Generator, *, hflip: bool, color_jitter: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

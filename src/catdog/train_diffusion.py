@@ -1,7 +1,8 @@
 """The diffusion training loop: a class-conditional UNet on cached, normalised VAE latents.
 
-The training images and their mirror images are encoded once (posterior mean and log-variance)
-and cached in the run folder, keyed by the VAE's content hash. Each step draws z from the
+The training images and their mirror images (and, with ``crop_copies``, random crops of them and
+their mirrors) are encoded once (posterior mean and log-variance) and cached in the run folder,
+keyed by the VAE's content hash and the augmentation settings. Each step draws z from the
 cached posterior (``latent_sampling: posterior``, a free augmentation) or uses its mean
 (``mean``), normalises it with the statistics stored in the VAE checkpoint, and regresses the
 schedule's target. An EMA of the weights is what gets saved for sampling.
@@ -17,6 +18,7 @@ Run folder (``save_dir``)::
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -27,15 +29,17 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, distributed, viz
 from .config import DiffusionTrainConfig, to_dict
-from .data import load_split, to_float
+from .data import balanced_subset, load_split, random_resized_crops, to_float
 from .diffusion import NoiseSchedule
 from .ema import EMA
 from .errors import CatdogError
 from .generate import decode_latents, sample_latents
 from .models.unet import UNet
 from .runs import prepare_run, write_metrics
+from .train_vae import encode_means
 
 FINAL, STATE, LATENTS = "conditional_diffusion_final.pt", "diffusion_train_state.pt", "latents.pt"
+CURVE_KEYS = ["loss", "train_x0_mse", "val_x0_mse", "latents_per_s"]
 
 
 @torch.no_grad()
@@ -52,29 +56,78 @@ def encode_training_set(vae: torch.nn.Module, images: torch.Tensor) -> tuple[tor
     return torch.cat(means), torch.cat(logvars)
 
 
+def _cache_key(cfg: DiffusionTrainConfig, vae_hash: str) -> dict[str, Any]:
+    return {"vae_sha256": vae_hash, "split": cfg.data.train_split, "crop_copies": cfg.crop_copies,
+            "crop_min_scale": cfg.crop_min_scale, "seed": cfg.seed}  # fmt: skip
+
+
 def load_or_cache_latents(
     cfg: DiffusionTrainConfig, vae: torch.nn.Module, vae_hash: str, *, write: bool = True
 ) -> dict[str, torch.Tensor]:
+    """The encoded training set: each image and its mirror, then ``crop_copies`` random crops of
+    each (with their mirrors), cached in the run folder under a key of everything it depends on."""
     path = Path(cfg.save_dir) / LATENTS
+    key = _cache_key(cfg, vae_hash)
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.get("vae_sha256") == vae_hash and cached.get("split") == cfg.data.train_split:
+        if all(cached.get(k) == v for k, v in key.items()):
             return cached
+    if cfg.crop_copies < 0 or not 0 < cfg.crop_min_scale <= 1:
+        raise CatdogError("crop_copies must be >= 0 and crop_min_scale in (0, 1]")
     data = load_split(cfg.data, cfg.data.train_split)
     known = data.labels >= 0
     if not known.all():
         raise CatdogError("diffusion training needs labelled images (cat/dog), not 'unlabeled'")
-    mean, logvar = encode_training_set(vae, data.images)
+    copies = [data.images]
+    if cfg.crop_copies > 0:
+        # Crop from twice the training resolution (STL-10's native 96 px for 48 px training).
+        source = load_split(dataclasses.replace(cfg.data, image_size=2 * cfg.data.image_size),
+                            cfg.data.train_split).images  # fmt: skip
+        crop_rng = torch.Generator().manual_seed(cfg.seed + 2)
+        copies += [
+            random_resized_crops(source, cfg.data.image_size, cfg.crop_min_scale, crop_rng)
+            for _ in range(cfg.crop_copies)
+        ]
+    encoded = [encode_training_set(vae, images) for images in copies]
     cached = {
-        "mean": mean,
-        "logvar": logvar,
-        "labels": torch.cat([data.labels, data.labels]),
-        "vae_sha256": vae_hash,
-        "split": cfg.data.train_split,
+        "mean": torch.cat([mean for mean, _ in encoded]),
+        "logvar": torch.cat([logvar for _, logvar in encoded]),
+        "labels": data.labels.repeat(2 * len(copies)),
+        **key,
     }
     if write:
         checkpoint.atomic_write(path, lambda f: torch.save(cached, f))
     return cached
+
+
+@torch.no_grad()
+def denoising_error(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    seed: int = 0,
+    timesteps: tuple[int, ...] = (100, 250, 500, 750),
+    batch_size: int = 256,
+) -> float:
+    """Mean squared error of the predicted clean latent over fixed noise and noise levels
+    (fractions of T): a loss that does not depend on the objective, to compare the training
+    latents with held-out ones (the gap is overfitting) and runs with each other."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for t in timesteps:
+        t = max(1, round(t * schedule.num_timesteps / 1000))
+        for x, y in zip(x0.split(batch_size), labels.split(batch_size), strict=True):
+            x, y = x.to(device), y.to(device)
+            noise = torch.randn(x.shape, generator=generator).to(device)
+            tt = torch.full((len(x),), t, device=device, dtype=torch.long)
+            noisy = schedule.add_noise(x, noise, tt)
+            predicted, _ = schedule.predict_x0_eps(model(noisy, tt, y).float(), noisy, tt)
+            total += float((predicted - x).pow(2).sum())
+            count += x.numel()
+    return total / count
 
 
 @torch.no_grad()
@@ -182,6 +235,16 @@ def train_on(
         ))  # fmt: skip
 
     n = len(latents["labels"])
+    tracked: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if rt.is_main:  # held-out latents (posterior means) and as many training ones, normalised
+        val = balanced_subset(load_split(cfg.data, cfg.data.val_split), cfg.data.val_limit)
+        originals = n // (2 + 2 * cfg.crop_copies)  # the first rows: unflipped, uncropped
+        pick_rng = torch.Generator().manual_seed(cfg.seed)
+        pick = torch.randperm(originals, generator=pick_rng)[: len(val)]
+        tracked = {
+            "val": (vae.normalize_latent(encode_means(vae, val.images)), val.labels),
+            "train": (vae.normalize_latent(latents["mean"][pick]), latents["labels"][pick]),
+        }
     accum = cfg.runtime.grad_accum
     drop_last = rt.world_size * accum > 1  # every rank and micro-step gets an equal share
     started = time.monotonic()
@@ -237,11 +300,15 @@ def train_on(
         stopping = time_up or (cfg.stop_at_epoch is not None and epoch >= cfg.stop_at_epoch)
         last = epoch == cfg.epochs
         if rt.is_main:
+            if epoch % cfg.checkpoint_every == 0 or last or stopping:
+                for name, (x0, labels) in tracked.items():
+                    record[f"{name}_x0_mse"] = denoising_error(ema.model, schedule, x0, labels,
+                                                               seed=cfg.seed)  # fmt: skip
             if epoch % cfg.sample_every == 0 or last or stopping:
                 images = sample_grid(ema.model, vae, schedule, seed=cfg.seed, device=device)
                 viz.save_png(save_dir / "samples" / f"epoch_{epoch:04d}.png",
                              viz.image_grid(images, nrow=8), scale=2)  # fmt: skip
-            write_metrics(save_dir, history, ["loss", "latents_per_s"])
+            write_metrics(save_dir, history, CURVE_KEYS)
             if epoch % cfg.checkpoint_every == 0 or last or stopping:
                 save_final(epoch, record)  # usable weights at every checkpoint, not only the end
                 save_state(epoch)
