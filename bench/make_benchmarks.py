@@ -46,7 +46,7 @@ def quality_section(out: list[str]) -> None:
         out.append(format_table(r["report"]) + "\n")
         out.append(provenance(r) + "\n")
     sweep = [r for r in rows if "real_train" not in r["report"]["rows"]]
-    out.append("## Quality against sampler and step count\n")
+    out.append("## Quality against sampler, step count and training variant\n")
     if not sweep:
         out.append("No sweep record yet.\n")
         return
@@ -71,6 +71,38 @@ def quality_section(out: list[str]) -> None:
         "\nSampling speed for each setting is in the next section (measured alone; these "
         "quality runs shared the CPU with other work, so their times are not reported)."
     )
+    out.append("")
+
+
+def diagnostics_section(out: list[str]) -> None:
+    rows = records("diagnostics.jsonl")
+    out.append("## Where the quality is lost (`bench/bench_diagnose.py`)\n")
+    if not rows:
+        out.append("No diagnostics record yet.\n")
+        return
+    out.append(
+        "KIDx1000 (FID) against the whole reference split, on n real reference images per class "
+        "and their latents: decoded as they are, decoded with Gaussian noise added (normalised "
+        "latent units), noised to step t and restored by the diffusion model (SDEdit, DDIM, "
+        "guidance 1), and samples generated from scratch with the same labels. Denoising error: "
+        "x0 MSE over fixed noise at t/T = 0.1, 0.25, 0.5, 0.75 on 400 training and 400 held-out "
+        "latents; a gap is overfitting.\n"
+    )
+    names = list(rows[-1]["rows"])
+    out.append("| model | n/class | " + " | ".join(names) + " | denoising error train / held-out |")
+    out.append("|---|---|" + "---|" * len(names) + "---|")
+    for r in rows:
+        cells = []
+        for k in names:
+            v = r["rows"].get(k)
+            cells.append("-" if v is None else f"{v['kid_x1000']:.1f} ({v['fid']:.0f})")
+        e = r["denoising_error"]
+        model = r.get("label") or r["model_path"]
+        errors = f"{e['train']:.3f} / {e['held_out']:.3f}"
+        out.append(f"| {model} | {r['num_per_class']} | " + " | ".join(cells) + f" | {errors} |")
+    out.append("")
+    for r in rows:
+        out.append(f"- {provenance(r)}")
     out.append("")
 
 
@@ -171,6 +203,7 @@ def main() -> None:
         "the figure to trust at small n; FID is biased upward at small n.\n",
     ]
     quality_section(out)
+    diagnostics_section(out)
     demo_section(out)
     speed_section(out)
     training_section(out)

@@ -1,0 +1,111 @@
+"""Where does a model pair lose its quality? KID and FID (Inception pool3, against the whole
+reference split) of images that isolate each stage, on ``--num-per-class`` reference images:
+
+- ``reconstruction``: decoded posterior means (the VAE's ceiling);
+- ``decode(z + s*noise)``: the same latents with Gaussian noise of std ``s`` (in normalised
+  latent units) added before decoding: how forgiving the decoder is of imperfect latents;
+- ``SDEdit t``: the latents noised to step t and denoised back with their own label (DDIM,
+  guidance 1): how well the diffusion model restores real latents from each noise level;
+- ``samples``: generated from scratch with the default sampler, the same labels.
+
+Also the diffusion model's denoising error (``train_diffusion.denoising_error``) on training
+and on held-out latents: a gap is overfitting.
+
+    python bench/bench_diagnose.py --model-path runs/RUN/conditional_diffusion_final.pt \
+        --data-dir ../shared/data/catdog96 \
+        --inception-weights ../shared/weights/weights-inception-2015-12-05-6726825d.pth
+
+Appends one record to bench/results/diagnostics.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from common import append_record, record_header  # noqa: E402
+
+from catdog import checkpoint  # noqa: E402
+from catdog.config import DataConfig, EvaluateConfig  # noqa: E402
+from catdog.data import balanced_subset, load_split, to_uint8  # noqa: E402
+from catdog.diffusion import ddim_sample  # noqa: E402
+from catdog.evaluate import fid, kid  # noqa: E402
+from catdog.features import cached_extract, extract, load_inception  # noqa: E402
+from catdog.generate import decode_latents, sample_latents  # noqa: E402
+from catdog.train_diffusion import denoising_error  # noqa: E402
+from catdog.train_vae import encode_means  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--inception-weights", default=None)
+    parser.add_argument("--num-per-class", type=int, default=100)
+    parser.add_argument("--cache-dir", default="runs/feature_cache")
+    parser.add_argument("--label", default="", help="free text stored with the record")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    defaults = EvaluateConfig()
+    unet, schedule, record = checkpoint.load_diffusion(args.model_path)
+    vae, _ = checkpoint.find_vae(args.model_path, record)
+    data = DataConfig(data_dir=args.data_dir, image_size=vae.cfg.image_size)
+    reference, train = load_split(data, "test"), load_split(data, "train")
+    extractor = load_inception(args.inception_weights)
+    f_ref = cached_extract(extractor, reference.images, args.cache_dir, progress=False)
+    subset = balanced_subset(reference, 2 * args.num_per_class)
+    labels = subset.labels
+    z = vae.normalize_latent(encode_means(vae, subset.images))
+    generator = torch.Generator().manual_seed(0)
+    rows: dict[str, dict[str, float]] = {}
+
+    def score(name: str, latents: torch.Tensor) -> None:
+        features = extract(extractor, to_uint8(decode_latents(vae, latents)), progress=False)
+        rows[name] = {"kid_x1000": 1000 * kid(features, f_ref)[0], "fid": fid(features, f_ref)}
+        print(f"{name:24s} KIDx1000 {rows[name]['kid_x1000']:6.1f}  FID {rows[name]['fid']:6.1f}")
+
+    score("reconstruction", z)
+    for s in (0.1, 0.3):
+        score(f"decode(z + {s} noise)", z + s * torch.randn(z.shape, generator=generator))
+    for fraction in (0.1, 0.3, 0.6):
+        t = round(fraction * schedule.num_timesteps)
+        noisy = schedule.add_noise(
+            z, torch.randn(z.shape, generator=generator), torch.full((len(z),), t)
+        )
+        steps = [t] + [s for s in schedule.spaced_timesteps(defaults.steps) if s < t]
+        restored = ddim_sample(
+            unet, noisy, steps, labels=labels, schedule=schedule, null_label=unet.null_label
+        )
+        score(f"SDEdit t={t}", restored)
+    seeds = list(range(len(labels)))
+    samples = sample_latents(unet, schedule, labels, seeds, sampler=defaults.sampler,
+                             steps=defaults.steps, guidance=defaults.guidance)  # fmt: skip
+    score(f"samples ({defaults.sampler} {defaults.steps}, guidance {defaults.guidance})", samples)
+
+    held_out = balanced_subset(reference, 400)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:400]
+    errors = {}
+    for name, images, y in (
+        ("train", train.images[pick], train.labels[pick]),
+        ("held_out", held_out.images, held_out.labels),
+    ):
+        latents = vae.normalize_latent(encode_means(vae, images))
+        errors[name] = denoising_error(unet, schedule, latents, y)
+    print(f"denoising error: train {errors['train']:.4f}, held-out {errors['held_out']:.4f}")
+    append_record("diagnostics.jsonl", {
+        **record_header(), "label": args.label, "model_path": args.model_path,
+        "num_per_class": args.num_per_class, "rows": rows, "denoising_error": errors,
+        "seconds": round(time.perf_counter() - start, 1),
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
