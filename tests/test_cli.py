@@ -1,10 +1,12 @@
 """The command line as a user runs it: flags, end-to-end smoke test, and one-line errors."""
 
+import argparse
 import json
 
 from PIL import Image
 
 from catdog import checkpoint
+from catdog.cli import add_diffusion_train_args, diffusion_config_from_args
 from tests.conftest import assert_one_line_error, run_cli, write_image_folder
 
 TINY = ["--preset", "tiny", "--no-progress"]
@@ -124,3 +126,15 @@ def test_bad_option_values(tiny_data, tmp_path):
     assert_one_line_error(run_cli(*base, "--epochs", "0"), "--epochs must be positive")
     assert_one_line_error(run_cli(*base, "--channels", "8,x"), "--channels")
     assert_one_line_error(run_cli(*base, "--image-size", "15"), "not divisible")
+
+
+def test_diffusion_flags_reach_the_config():
+    parser = argparse.ArgumentParser()
+    add_diffusion_train_args(parser)
+    flags = ["--crop-copies", "3", "--crop-min-scale", "0.9", "--dropout", "0.2",
+             "--schedule", "linear", "--objective", "eps"]  # fmt: skip
+    cfg = diffusion_config_from_args(parser.parse_args(flags))
+    assert (cfg.crop_copies, cfg.crop_min_scale, cfg.unet.dropout) == (3, 0.9, 0.2)
+    assert (cfg.schedule.kind, cfg.schedule.objective) == ("linear", "eps")
+    default = diffusion_config_from_args(parser.parse_args([]))
+    assert (default.crop_copies, default.unet.dropout) == (0, 0.0)
