@@ -100,13 +100,17 @@ class GeneratorTerms(torch.nn.Module):
         return recon, mean, logvar, logits, center_loss(flat_mean, labels, self.vae.class_centers)
 
 
-def _cache_vgg_targets(perceptual: PerceptualLoss, images: torch.Tensor) -> list[torch.Tensor]:
+def _cache_vgg_targets(
+    perceptual: PerceptualLoss, images: torch.Tensor, progress: bool = True
+) -> list[torch.Tensor]:
     """fp16 features of every training image and its mirror image: rows [0, N) unflipped,
     [N, 2N) flipped. Valid while augmentation is only a horizontal flip."""
     chunks: list[list[torch.Tensor]] = []
     with torch.no_grad():
         for flip in (False, True):
-            for chunk in tqdm(images.split(128), desc="caching VGG targets", leave=False):
+            for chunk in tqdm(
+                images.split(128), desc="caching VGG targets", leave=False, disable=not progress
+            ):
                 x = to_float(chunk)
                 feats = perceptual.features(x.flip(-1) if flip else x)
                 chunks.append([f.half() for f in feats])
@@ -178,7 +182,9 @@ def train_on(
             and cfg.data.color_jitter == 0
             and cache_bytes < VGG_CACHE_MAX_BYTES
         ):
-            vgg_cache = _cache_vgg_targets(perceptual, train_set.images)
+            vgg_cache = _cache_vgg_targets(
+                perceptual, train_set.images, cfg.progress and rt.is_main
+            )
 
     start_epoch, step, history, best_psnr = 0, 0, [], -math.inf
     if state is not None:
