@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from common import append_record, record_header  # noqa: E402
+from common import add_scoring_args, append_record, record_header  # noqa: E402
 
 from catdog import checkpoint  # noqa: E402
 from catdog.config import DataConfig, EvaluateConfig  # noqa: E402
@@ -46,12 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model-path", required=True)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--inception-weights", default=None)
-    parser.add_argument("--num-per-class", type=int, default=100)
-    parser.add_argument("--cache-dir", default="runs/feature_cache")
-    parser.add_argument("--label", default="", help="free text stored with the record")
+    add_scoring_args(parser, num_per_class=100)
     args = parser.parse_args()
     start = time.perf_counter()
     defaults = EvaluateConfig()

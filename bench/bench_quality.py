@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from common import append_record, record_header  # noqa: E402
+from common import add_scoring_args, append_record, record_header  # noqa: E402
 
 from catdog.config import DataConfig, EvaluateConfig  # noqa: E402
 from catdog.evaluate import evaluate, format_table  # noqa: E402
@@ -32,18 +32,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model-path", required=True)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--inception-weights", default=None)
-    parser.add_argument("--num-per-class", type=int, default=800)
+    add_scoring_args(parser, num_per_class=800)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument(
         "--sweep", default=None,
         help="sampler:steps[:guidance],... (ddpm = all T steps, e.g. ddpm::2)",
     )  # fmt: skip
     parser.add_argument("--no-reference-points", action="store_true")
-    parser.add_argument("--cache-dir", default="runs/feature_cache")
-    parser.add_argument("--label", default="", help="free text stored with the record")
     args = parser.parse_args()
     defaults = EvaluateConfig()
     guidance = defaults.guidance if args.guidance is None else args.guidance

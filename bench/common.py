@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -44,3 +45,14 @@ def append_record(name: str, record: dict) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with open(RESULTS_DIR / name, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def add_scoring_args(parser: argparse.ArgumentParser, num_per_class: int) -> None:
+    """The flags every quality benchmark takes: the model pair, the real images, the Inception
+    weights and feature cache, how many images per class, and a label for the record."""
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--inception-weights", default=None)
+    parser.add_argument("--num-per-class", type=int, default=num_per_class)
+    parser.add_argument("--cache-dir", default="runs/feature_cache")
+    parser.add_argument("--label", default="", help="free text stored with the record")

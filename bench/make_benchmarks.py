@@ -26,6 +26,16 @@ def records(name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def section(out: list[str], title: str, name: str, empty: str = "No record yet.") -> list[dict]:
+    """Start a section titled ``title`` and return the records of ``name``; when there are none,
+    say ``empty`` under the title (and return the empty list)."""
+    out.append(f"## {title}\n")
+    rows = records(name)
+    if not rows:
+        out.append(f"{empty}\n")
+    return rows
+
+
 def provenance(r: dict) -> str:
     return f"{r['date']}, {r['machine']}, commit {r.get('commit', '?')}:\n`{r['command']}`"
 
@@ -75,10 +85,9 @@ def quality_section(out: list[str]) -> None:
 
 
 def diagnostics_section(out: list[str]) -> None:
-    rows = records("diagnostics.jsonl")
-    out.append("## Where the quality is lost (`bench/bench_diagnose.py`)\n")
+    title = "Where the quality is lost (`bench/bench_diagnose.py`)"
+    rows = section(out, title, "diagnostics.jsonl", "No diagnostics record yet.")
     if not rows:
-        out.append("No diagnostics record yet.\n")
         return
     out.append(
         "KIDx1000 (FID) against the whole reference split, on n real reference images per class "
@@ -107,10 +116,9 @@ def diagnostics_section(out: list[str]) -> None:
 
 
 def speed_section(out: list[str]) -> None:
-    out.append("## Sampling speed against step count (images/s, decoding included)\n")
-    rows = records("diffusion_speed.jsonl")
+    title = "Sampling speed against step count (images/s, decoding included)"
+    rows = section(out, title, "diffusion_speed.jsonl")
     if not rows:
-        out.append("No record yet.\n")
         return
     keys = list(dict.fromkeys(k for r in rows for k in r["sampling_images_per_s"]))
     out.append("| UNet widths x blocks | params | " + " | ".join(keys) + " |")
@@ -183,10 +191,8 @@ def training_section(out: list[str]) -> None:
 
 
 def demo_section(out: list[str]) -> None:
-    rows = records("demo.jsonl")
-    out.append("## The main job\n")
+    rows = section(out, "The main job", "demo.jsonl")
     if not rows:
-        out.append("No record yet.\n")
         return
     r = rows[-1]
     out.append(f"`python -m catdog.demo` (shipped weights, both classes, GIFs, denoising path), "
