@@ -52,6 +52,9 @@ def main() -> None:
     defaults = EvaluateConfig()
     unet, schedule, record = checkpoint.load_diffusion(args.model_path)
     vae, _ = checkpoint.find_vae(args.model_path, record)
+    guide, link = checkpoint.find_guide(args.model_path, record, args.guide_path)
+    guidance = checkpoint.resolve_guidance(None, link)
+    kind = "autoguidance" if guide is not None else "guidance"
     data = DataConfig(data_dir=args.data_dir, image_size=vae.cfg.image_size)
     reference, train = load_split(data, "test"), load_split(data, "train")
     extractor = load_inception(args.inception_weights)
@@ -82,8 +85,8 @@ def main() -> None:
         score(f"SDEdit t={t}", restored)
     seeds = list(range(len(labels)))
     samples = sample_latents(unet, schedule, labels, seeds, sampler=defaults.sampler,
-                             steps=defaults.steps, guidance=defaults.guidance)  # fmt: skip
-    score(f"samples ({defaults.sampler} {defaults.steps}, guidance {defaults.guidance})", samples)
+                             steps=defaults.steps, guidance=guidance, guide=guide)  # fmt: skip
+    score(f"samples ({defaults.sampler} {defaults.steps}, {kind} {guidance})", samples)
 
     held_out = balanced_subset(reference, 400)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:400]

@@ -1,6 +1,8 @@
 """Diffusion speed on this machine: training throughput (latents/s) and sampling throughput
 (images/s, decoding included) for DDPM over all T steps, DDIM at 10, 25 and 50 steps and
-DPM-Solver++(2M) at 10, 20 and 25 steps, with classifier-free guidance (two UNet passes a step).
+DPM-Solver++(2M) at 10, 20 and 25 steps, with guidance: classifier-free (two UNet passes a
+step), or autoguidance (one pass of the UNet and one of its smaller guide) when the model has a
+guide or ``--guide-path`` names one.
 
 Speed does not depend on the weights, so a model pair is optional: without --model-path the
 UNet and VAE of the chosen presets are built with random weights.
@@ -55,12 +57,12 @@ def train_throughput(unet: UNet, schedule: NoiseSchedule, batch: int, repeats: i
 
 
 def sample_throughput(
-    unet, vae, schedule, sampler: str, steps: int, n: int, guidance: float
+    unet, vae, schedule, sampler: str, steps: int, n: int, guidance: float, guide=None
 ) -> float:
     labels = torch.arange(n) % 2
     start = time.perf_counter()
     z = sample_latents(unet, schedule, labels, list(range(n)), sampler=sampler, steps=steps,
-                       guidance=guidance, eta=0.0, batch_size=n)  # fmt: skip
+                       guidance=guidance, eta=0.0, batch_size=n, guide=guide)  # fmt: skip
     with torch.no_grad():
         vae.decode(vae.denormalize_latent(z))
     return n / (time.perf_counter() - start)
@@ -73,7 +75,10 @@ def main() -> None:
     parser.add_argument("--model-path", default=None)
     parser.add_argument("--preset", default="cpu", help="diffusion preset when no model is given")
     parser.add_argument("--unet", default=None, help="JSON overrides of the UNet config")
-    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="default: the model guide's scale, else 2.0")  # fmt: skip
+    parser.add_argument("--guide-path", default=None,
+                        help="autoguidance guide (default: the model's; 'none' = CFG)")  # fmt: skip
     parser.add_argument("--images", type=int, default=64, help="images per sampling measurement")
     parser.add_argument("--ddpm-images", type=int, default=8, help="images for the T-step DDPM")
     parser.add_argument("--batch", type=int, default=128, help="training batch")
@@ -82,17 +87,24 @@ def main() -> None:
     if args.model_path:
         unet, schedule, record = checkpoint.load_diffusion(args.model_path)
         vae, _ = checkpoint.find_vae(args.model_path, record)
+        guide, link = checkpoint.find_guide(args.model_path, record, args.guide_path)
     else:
         cfg = diffusion_preset(args.preset)
         if args.unet:
             cfg.unet = from_dict(UNetConfig, {**to_dict(cfg.unet), **json.loads(args.unet)})
         unet, schedule = UNet(cfg.unet).eval(), NoiseSchedule(cfg.schedule)
         vae = VAE(vae_preset("cpu").model).eval()
+        guide, link = None, {}
+        if args.guide_path not in (None, "none"):
+            guide = checkpoint.load_diffusion(args.guide_path)[0]
+    guidance = checkpoint.resolve_guidance(args.guidance, link)
     record = {
         **record_header(),
         "unet_config": to_dict(unet.cfg),
         "unet_params": sum(p.numel() for p in unet.parameters()),
-        "guidance": args.guidance,
+        "guidance": guidance,
+        "guide": "autoguidance" if guide is not None else "classifier-free",
+        "guide_params": sum(p.numel() for p in guide.parameters()) if guide is not None else 0,
         "train_latents_per_s": round(train_throughput(unet, schedule, args.batch), 1),
         "sampling_images_per_s": {},
     }
@@ -100,7 +112,7 @@ def main() -> None:
     runs += [("ddim", s, args.images) for s in (10, 25, 50)]
     runs += [("dpmpp", s, args.images) for s in (10, 20, 25)]
     for sampler, steps, n in runs:
-        speed = sample_throughput(unet, vae, schedule, sampler, steps, n, args.guidance)
+        speed = sample_throughput(unet, vae, schedule, sampler, steps, n, guidance, guide)
         record["sampling_images_per_s"][f"{sampler}-{steps}"] = round(speed, 2)
         print(f"{sampler}-{steps}: {speed:.2f} images/s", flush=True)
     print(f"training: {record['train_latents_per_s']} latents/s")

@@ -57,18 +57,21 @@ def main() -> None:
             sampler=sampler,
             steps=steps,
             guidance=scale,
+            guide_path=args.guide_path,
             inception_weights=args.inception_weights,
             cache_dir=args.cache_dir,
             reference_points=not args.no_reference_points,
-            output=f"runs/bench_quality/{sampler}-{steps}-g{scale}.json",
+            output=f"runs/bench_quality/{sampler}-{steps}-g{scale or 'default'}.json",
             progress=False,
         )
         start = time.perf_counter()
         report = evaluate(cfg)
-        print(f"{sampler}-{steps}, guidance {scale}:\n{format_table(report)}\n", flush=True)
+        print(f"{sampler}-{steps}, {report['guide']} guidance {cfg.guidance}:\n"
+              f"{format_table(report)}\n", flush=True)  # fmt: skip
         append_record("quality.jsonl", {
             **record_header(), "label": args.label, "sampler": sampler, "steps": steps,
-            "guidance": cfg.guidance, "num_per_class": cfg.num_per_class,
+            "guidance": cfg.guidance, "guide": report["guide"],
+            "num_per_class": cfg.num_per_class,
             "seconds": round(time.perf_counter() - start, 1), "report": report,
         })  # fmt: skip
 

@@ -56,3 +56,7 @@ def add_scoring_args(parser: argparse.ArgumentParser, num_per_class: int) -> Non
     parser.add_argument("--num-per-class", type=int, default=num_per_class)
     parser.add_argument("--cache-dir", default="runs/feature_cache")
     parser.add_argument("--label", default="", help="free text stored with the record")
+    parser.add_argument(
+        "--guide-path", default=None,
+        help="weaker model for autoguidance; 'none' = classifier-free (default: the recorded one)",
+    )  # fmt: skip

@@ -40,6 +40,11 @@ def provenance(r: dict) -> str:
     return f"{r['date']}, {r['machine']}, commit {r.get('commit', '?')}:\n`{r['command']}`"
 
 
+def guidance_text(r: dict) -> str:
+    """The guidance of a quality record: classifier-free (CFG) unless a guide model was used."""
+    return f"{'autoguidance' if r.get('guide') == 'autoguidance' else 'CFG'} {r['guidance']}"
+
+
 def quality_section(out: list[str]) -> None:
     rows = records("quality.jsonl")
     headline = [r for r in rows if "real_train" in r["report"]["rows"]]
@@ -50,7 +55,7 @@ def quality_section(out: list[str]) -> None:
         r = headline[-1]
         out.append(
             f"{r['num_per_class']} images per class from `{r['report']['scored']}`, sampler "
-            f"{r['sampler']} with {r['steps']} steps and guidance {r['guidance']}, against the "
+            f"{r['sampler']} with {r['steps']} steps and {guidance_text(r)}, against the "
             f"real reference split. {r.get('label', '')}\n"
         )
         out.append(format_table(r["report"]) + "\n")
@@ -68,7 +73,7 @@ def quality_section(out: list[str]) -> None:
         steps = "all T" if r["sampler"] == "ddpm" else r["steps"]
         out.append(
             f"| {r.get('label') or r['report']['scored']} | {r['sampler']} | {steps} | "
-            f"{r['guidance']} | {r['num_per_class']} | {1000 * s['kid']:.2f} | {s['fid']:.1f} | "
+            f"{guidance_text(r)} | {r['num_per_class']} | {1000 * s['kid']:.2f} | {s['fid']:.1f} | "
             f"{s['precision']:.3f} | {s['recall']:.3f} | {s['class_accuracy']:.3f} |"
         )
     out.append("")
@@ -98,12 +103,16 @@ def diagnostics_section(out: list[str]) -> None:
         "latents; a gap is overfitting.\n"
     )
     names = list(rows[-1]["rows"])
-    out.append("| model | n/class | " + " | ".join(names) + " | denoising error train / held-out |")
+    heads = [n.split(" (")[0] + " (default sampler)" if n.startswith("samples") else n
+             for n in names]  # fmt: skip
+    out.append("| model | n/class | " + " | ".join(heads) + " | denoising error train / held-out |")
     out.append("|---|---|" + "---|" * len(names) + "---|")
     for r in rows:
         cells = []
         for k in names:
-            v = r["rows"].get(k)
+            # the samples row is named after its guidance, which differs between records
+            match = [n for n in r["rows"] if n.split(" (")[0] == k.split(" (")[0]]
+            v = r["rows"][match[0]] if match else None
             cells.append("-" if v is None else f"{v['kid_x1000']:.1f} ({v['fid']:.0f})")
         e = r["denoising_error"]
         model = r.get("label") or r["model_path"]
@@ -121,16 +130,21 @@ def speed_section(out: list[str]) -> None:
     if not rows:
         return
     keys = list(dict.fromkeys(k for r in rows for k in r["sampling_images_per_s"]))
-    out.append("| UNet widths x blocks | params | " + " | ".join(keys) + " |")
-    out.append("|---|---|" + "---|" * len(keys))
+    out.append("| UNet widths x blocks | params | guidance | " + " | ".join(keys) + " |")
+    out.append("|---|---|---|" + "---|" * len(keys))
     for r in rows:
         u = r["unet_config"]
         speeds = [str(r["sampling_images_per_s"].get(k, "-")) for k in keys]
+        guide = (f"autoguidance (guide {r['guide_params'] / 1e6:.2f} M)"
+                 if r.get("guide") == "autoguidance" else "CFG")  # fmt: skip
         out.append(
             f"| {tuple(u['channels'])} x {u['blocks_per_level']} | "
-            f"{r['unet_params'] / 1e6:.2f} M | " + " | ".join(speeds) + " |"
+            f"{r['unet_params'] / 1e6:.2f} M | {guide} | " + " | ".join(speeds) + " |"
         )
-    out.append(f"\nGuidance {rows[-1]['guidance']} (two UNet passes a step). Records:\n")
+    out.append(
+        "\nCFG: two passes of the UNet a step; autoguidance: one of the UNet and one of its "
+        "guide. Records:\n"
+    )
     for r in rows:
         out.append(f"- {provenance(r)}")
     out.append("")

@@ -68,6 +68,15 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def resave(path: Path, kind: str, record: dict) -> None:
+    """Save a loaded (possibly edited) checkpoint record again."""
+    from catdog import checkpoint
+
+    checkpoint.save(
+        path, kind, {k: v for k, v in record.items() if k not in ("kind", "format_version")}
+    )
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     """Exit status 2, a single ``error:`` line on stderr, no traceback."""
     assert result.returncode == 2, result.stderr
@@ -111,4 +120,22 @@ def tiny_pair(tiny_data, tiny_vae, tmp_path_factory) -> Path:
 
     save_dir = tmp_path_factory.mktemp("diffusion_run")
     train(tiny_diffusion_cfg(tiny_data, tiny_vae, save_dir, epochs=2))
+    return save_dir / FINAL
+
+
+@pytest.fixture(scope="session")
+def tiny_guide(tiny_data, tiny_vae, tmp_path_factory) -> Path:
+    """A weaker tiny diffusion checkpoint on the same VAE, for autoguidance: one epoch, then its
+    weights jittered, since two barely trained tiny models would otherwise predict alike."""
+    from catdog import checkpoint
+    from catdog.train_diffusion import FINAL, train
+
+    save_dir = tmp_path_factory.mktemp("guide_run")
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, save_dir, epochs=1, seed=1))
+    record = checkpoint.load(save_dir / FINAL, checkpoint.KIND_DIFFUSION)
+    generator = torch.Generator().manual_seed(0)
+    for value in record["state_dict"].values():
+        if value.is_floating_point():
+            value += 0.05 * torch.randn(value.shape, generator=generator)
+    resave(save_dir / FINAL, checkpoint.KIND_DIFFUSION, record)
     return save_dir / FINAL

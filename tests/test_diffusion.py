@@ -112,6 +112,49 @@ def test_guidance_one_is_the_conditional_model_and_w_extrapolates():
     torch.testing.assert_close(guided, 2 + 3 * (labels[:, None, None, None] - 2.0).expand_as(x))
 
 
+def test_autoguidance_extrapolates_from_the_guide_given_the_same_label():
+    calls = []
+
+    def model(x, t, labels):
+        return x + 2 * labels[:, None, None, None].float()
+
+    def guide(x, t, labels):
+        calls.append(labels.clone())
+        return x + labels[:, None, None, None].float()
+
+    x, t, labels = torch.zeros(2, 1, 2, 2), torch.tensor([5, 5]), torch.tensor([0, 1])
+    out = guided_output(model, x, t, labels, 1.0, null_label=2, guide=guide)
+    assert torch.equal(out, model(x, t, labels)) and not calls  # scale 1: the guide is not run
+    out = guided_output(model, x, t, labels, 3.0, null_label=2, guide=guide)
+    # guide + 3 (model - guide) = x + 1*label + 3*(1*label) = 4*label; never the null label
+    torch.testing.assert_close(out, 4 * labels[:, None, None, None].float().expand_as(x))
+    assert torch.equal(calls[0], labels)
+    same = guided_output(model, x, t, labels, 5.0, null_label=2, guide=model)
+    torch.testing.assert_close(same, model(x, t, labels))  # a guide equal to the model: no-op
+
+
+@pytest.mark.parametrize("sampler", [ddim_sample, dpmpp_2m_sample])
+def test_samplers_pass_the_guide_on(sampler):
+    schedule = NoiseSchedule(ScheduleConfig(num_timesteps=50))
+    torch.manual_seed(0)
+    net, weak = torch.nn.Conv2d(2, 2, 3, padding=1), torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def model(x, t, labels):
+        return net(x)
+
+    def guide(x, t, labels):
+        return weak(x)
+
+    x, labels = torch.randn(2, 2, 4, 4), torch.tensor([0, 1])
+    kw = {"labels": labels, "schedule": schedule, "null_label": 2}
+    with torch.no_grad():
+        plain = sampler(model, x, [50, 30, 10], guidance=1.0, **kw)
+        self_guided = sampler(model, x, [50, 30, 10], guidance=3.0, guide=model, **kw)
+        guided = sampler(model, x, [50, 30, 10], guidance=3.0, guide=guide, **kw)
+    torch.testing.assert_close(self_guided, plain)
+    assert not torch.allclose(guided, plain)
+
+
 def test_same_seed_same_image_whatever_the_batch():
     schedule = NoiseSchedule(ScheduleConfig(num_timesteps=30))
     torch.manual_seed(0)

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from catdog import checkpoint, visualize
+from catdog.config import GenerateConfig
 from catdog.errors import CatdogError
-from catdog.export import DIFFUSION_FILE, VAE_FILE, export_pair
-from catdog.generate import sample_latents
+from catdog.export import DIFFUSION_FILE, GUIDE_FILE, VAE_FILE, export_pair
+from catdog.generate import generate, sample_latents
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -65,3 +66,42 @@ def test_denoising_path_uses_the_shipped_latent_map_where_no_images_are(exported
     assert names == ["denoising_cat.gif", "denoising_dog.gif", "denoising_path.png",
                      "samples_cat.png", "samples_dog.png"]  # fmt: skip
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_export_with_a_guide_ships_it_and_generation_uses_it(tiny_pair, tiny_guide, tmp_path):
+    written = export_pair(tiny_pair, tmp_path / "shipped", guide_path=str(tiny_guide),
+                          guidance=2.5)  # fmt: skip
+    assert [p.name for p in written] == [VAE_FILE, DIFFUSION_FILE, GUIDE_FILE]
+    diffusion_file = written[1]
+    record = checkpoint.load(diffusion_file, checkpoint.KIND_DIFFUSION)
+    guide, link = checkpoint.find_guide(diffusion_file, record)
+    assert guide is not None and link["guidance"] == 2.5 and link["shipped"]
+    original, _, _ = checkpoint.load_diffusion(tiny_guide)
+    for name, value in original.state_dict().items():  # fp16 rounding only
+        torch.testing.assert_close(guide.state_dict()[name], value, atol=2e-3, rtol=1e-2)
+    kw = {"num_samples": 2, "steps": 3, "progress": False}
+    by_default = generate(GenerateConfig(model_path=str(diffusion_file),
+                                         output=str(tmp_path / "d"), **kw))  # fmt: skip
+    explicit = generate(GenerateConfig(model_path=str(diffusion_file), guidance=2.5,
+                                       guide_path=str(written[2]), output=str(tmp_path / "e"),
+                                       **kw))  # fmt: skip
+    assert [p.read_bytes() for p in by_default] == [p.read_bytes() for p in explicit]
+    unguided = generate(
+        GenerateConfig(
+            model_path=str(diffusion_file),
+            guidance=2.5,
+            guide_path="none",
+            output=str(tmp_path / "n"),
+            **kw,
+        )
+    )
+    assert [p.read_bytes() for p in by_default] != [p.read_bytes() for p in unguided]
+
+
+def test_export_refuses_a_guide_that_does_not_belong(tiny_pair, tiny_vae, tmp_path):
+    result = run_cli("-m", "catdog", "export", "--model-path", str(tiny_pair), "--output",
+                     str(tmp_path / "x"), "--guide-path", str(tiny_vae))  # fmt: skip
+    assert_one_line_error(result, "is a VAE checkpoint")
+    result = run_cli("-m", "catdog", "export", "--model-path", str(tiny_pair), "--output",
+                     str(tmp_path / "y"), "--guidance", "3")  # fmt: skip
+    assert_one_line_error(result, "give --guide-path too")

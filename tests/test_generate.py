@@ -1,13 +1,14 @@
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from catdog import checkpoint
-from catdog.config import GenerateConfig
+from catdog.config import DEFAULT_GUIDANCE, GenerateConfig
 from catdog.errors import CatdogError
 from catdog.generate import generate, sample_latents
 from catdog.models.vae import VAE
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, resave, run_cli
 
 
 def cfg_for(pair, output, **kw):
@@ -129,3 +130,83 @@ def test_original_scripts_end_to_end(tiny_data, tmp_path):
     packaged = run_cli("-m", "catdog", "generate", "--class-name", "dog", "--num-samples", "0",
                        "--model-path", str(results / "conditional_diffusion_final.pt"))  # fmt: skip
     assert_one_line_error(packaged, "--num_samples must be at least 1")
+
+
+def _images(paths):
+    return torch.stack([torch.from_numpy(np.array(Image.open(p))).float() for p in paths[1:]])
+
+
+def test_a_guide_model_changes_the_samples_and_none_is_classifier_free(tiny_pair, tiny_guide,
+                                                                       tmp_path):  # fmt: skip
+    kw = {"num_samples": 2, "steps": 4, "guidance": 3.0}
+    auto = _images(generate(cfg_for(tiny_pair, tmp_path / "a", guide_path=str(tiny_guide), **kw)))
+    cfg_default = _images(generate(cfg_for(tiny_pair, tmp_path / "c", **kw)))
+    cfg_none = _images(generate(cfg_for(tiny_pair, tmp_path / "n", guide_path="none", **kw)))
+    assert torch.equal(cfg_default, cfg_none)  # no guide recorded with tiny_pair: CFG either way
+    assert not torch.equal(auto, cfg_none)
+
+
+def test_find_guide_checks_that_the_guide_belongs_with_the_model(tiny_pair, tiny_guide, tiny_vae,
+                                                                 tmp_path):  # fmt: skip
+    record = checkpoint.load(tiny_pair, checkpoint.KIND_DIFFUSION)
+    guide, link = checkpoint.find_guide(tiny_pair, record, str(tiny_guide))
+    assert guide is not None and not guide.training and link == {}
+    assert checkpoint.resolve_guidance(None, link) == DEFAULT_GUIDANCE
+    assert checkpoint.resolve_guidance(1.5, {"guidance": 3.0}) == 1.5
+    assert checkpoint.resolve_guidance(None, {"guidance": 3.0}) == 3.0
+    assert checkpoint.find_guide(tiny_pair, record, "none") == (None, {})
+    assert checkpoint.find_guide(tiny_pair, record) == (None, {})  # none recorded
+    with pytest.raises(CatdogError, match="guide model not found"):
+        checkpoint.find_guide(tiny_pair, record, str(tmp_path / "missing.pt"))
+    with pytest.raises(CatdogError, match="is a VAE checkpoint"):
+        checkpoint.find_guide(tiny_pair, record, str(tiny_vae))
+    guide_record = checkpoint.load(tiny_guide, checkpoint.KIND_DIFFUSION)
+    for field, change, message in (
+        ("vae", {"sha256": "0" * 64}, "different VAE"),
+        ("schedule_config", {"num_timesteps": 50}, "different noise schedule"),
+    ):
+        other = tmp_path / f"other_{field}.pt"
+        resave(other, checkpoint.KIND_DIFFUSION,
+               {**guide_record, field: {**guide_record[field], **change}})  # fmt: skip
+        with pytest.raises(CatdogError, match=message):
+            checkpoint.find_guide(tiny_pair, record, str(other))
+
+
+def test_recorded_guide_is_used_by_default_and_checked(tiny_pair, tiny_guide, tmp_path):
+    payload = checkpoint.load(tiny_pair, checkpoint.KIND_DIFFUSION)
+    guide, _, _ = checkpoint.load_diffusion(tiny_guide)
+    payload["guide"] = {"path": str(tiny_guide), "guidance": 3.0,
+                        "sha256": checkpoint.content_hash(guide.state_dict())}  # fmt: skip
+    linked = tmp_path / "linked.pt"
+    resave(linked, checkpoint.KIND_DIFFUSION, payload)
+    kw = {"num_samples": 2, "steps": 4}
+    default = _images(generate(cfg_for(linked, tmp_path / "d", **kw)))
+    explicit = _images(generate(cfg_for(tiny_pair, tmp_path / "e", guidance=3.0,
+                                        guide_path=str(tiny_guide), **kw)))  # fmt: skip
+    assert torch.equal(default, explicit)  # the recorded guide, at the recorded scale
+    payload["guide"]["sha256"] = "0" * 64
+    resave(linked, checkpoint.KIND_DIFFUSION, payload)
+    with pytest.raises(CatdogError, match="is not the one recorded"):
+        generate(cfg_for(linked, tmp_path / "x", **kw))
+
+
+def test_guide_flag_on_the_original_script(tiny_pair, tiny_guide, tiny_vae, tmp_path):
+    ok = run_cli(
+        "generate.py",
+        "--model_path",
+        str(tiny_pair),
+        "--guide_path",
+        str(tiny_guide),
+        "--num_samples",
+        "2",
+        "--steps",
+        "3",
+        "--output",
+        str(tmp_path / "ok"),
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert len(list((tmp_path / "ok").glob("cat_*.png"))) == 3
+    bad = run_cli("generate.py", "--model_path", str(tiny_pair), "--guide_path", str(tiny_vae),
+                  "--output", str(tmp_path / "bad"))  # fmt: skip
+    assert_one_line_error(bad, "is a VAE checkpoint")
+    assert not (tmp_path / "bad").exists()

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .config import ScheduleConfig, UNetConfig, VAEConfig, from_dict, to_dict
+from .config import DEFAULT_GUIDANCE, ScheduleConfig, UNetConfig, VAEConfig, from_dict, to_dict
 from .diffusion import NoiseSchedule
 from .errors import CatdogError
 from .models.unet import UNet
@@ -240,3 +240,56 @@ def find_vae(
         f"cannot find the VAE that {diffusion_path} was trained on (looked for {link['path']}); "
         "pass it with --vae_path"
     )
+
+
+def find_guide(
+    diffusion_path: str | os.PathLike, record: dict[str, Any], guide_path: str | None = None
+) -> tuple[torch.nn.Module | None, dict[str, Any]]:
+    """The weaker model that autoguidance steers away from, or None for classifier-free guidance.
+
+    ``guide_path`` "none" turns autoguidance off. Without a path, the guide recorded with the
+    model is used (``record["guide"]``, written by ``catdog export --guide-model``; a shipped
+    guide lies beside the model). Returns the guide (eval mode) and its link, whose optional
+    ``guidance`` is the scale it was tuned for. A guide must share the model's VAE (content
+    hash), noise schedule, latent shape and classes, else the outputs cannot be combined.
+    """
+    link = dict(record.get("guide") or {})
+    if guide_path == "none" or (guide_path is None and not link):
+        return None, {}
+    if guide_path is None:
+        path = Path(diffusion_path).parent / link["path"] if link.get("shipped") else link["path"]
+    else:
+        path, link = Path(guide_path), {}
+    if not Path(path).is_file():
+        raise CatdogError(f"guide model not found: {path} (pass --guide-model none to go without)")
+    guide, _, guide_record = load_diffusion(path)
+    if link.get("sha256") and content_hash(guide.state_dict()) != link["sha256"]:
+        raise CatdogError(f"guide model {path} is not the one recorded with {diffusion_path}")
+    mismatch = [
+        what
+        for what, a, b in (
+            ("VAE", guide_record["vae"]["sha256"], record["vae"]["sha256"]),
+            ("noise schedule", guide_record["schedule_config"], record["schedule_config"]),
+            (
+                "latent shape",
+                (guide.cfg.latent_channels, guide.cfg.latent_size),
+                (record["unet_config"]["latent_channels"], record["unet_config"]["latent_size"]),
+            ),
+            ("classes", guide.cfg.num_classes, record["unet_config"]["num_classes"]),
+        )  # fmt: skip
+        if a != b
+    ]
+    if mismatch:
+        raise CatdogError(
+            f"guide model {path} does not belong with {diffusion_path}: different "
+            + ", ".join(mismatch)
+        )
+    return guide, link
+
+
+def resolve_guidance(guidance: float | None, guide_link: dict[str, Any]) -> float:
+    """The guidance scale asked for, else the one the model's guide was tuned for, else the
+    classifier-free default."""
+    if guidance is not None:
+        return guidance
+    return float(guide_link.get("guidance", DEFAULT_GUIDANCE))

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import (
+    DEFAULT_GUIDANCE,
     DIFFUSION_PRESETS,
     LOSS_TERMS,
     VAE_PRESETS,
@@ -465,6 +466,16 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
         raise CatdogError(f"{flag} must be comma-separated integers, got {text!r}") from None
 
 
+GUIDANCE_HELP = (
+    "guidance scale, 1 = off (default: the scale the model's guide was tuned for, else "
+    f"{DEFAULT_GUIDANCE} classifier-free)"
+)
+GUIDE_HELP = (
+    "weaker diffusion checkpoint for autoguidance (same VAE and schedule); 'none' = "
+    "classifier-free guidance (default: the guide recorded with the model, if any)"
+)
+
+
 def add_generate_args(parser: argparse.ArgumentParser) -> None:
     g = GEN_DEFAULTS
     _flag(parser, "model-path", help="diffusion checkpoint (default: the shipped weights)")
@@ -481,12 +492,8 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
         help=f"dpmpp, ddim, or ddpm (ancestral, all T steps) (default: {g.sampler})",
     )
     _flag(parser, "steps", type=int, help=f"sampling steps for dpmpp and ddim (default: {g.steps})")
-    _flag(
-        parser,
-        "guidance",
-        type=float,
-        help=f"classifier-free guidance scale, 1 = off (default: {g.guidance})",
-    )
+    _flag(parser, "guidance", type=float, help=GUIDANCE_HELP)
+    _flag(parser, "guide-path", help=GUIDE_HELP)
     _flag(parser, "eta", type=float, help=f"DDIM noise, 0 = deterministic (default: {g.eta})")
     _flag(parser, "seed", type=int, help=f"image i uses seed + i (default: {g.seed})")
     _flag(
@@ -533,7 +540,8 @@ def add_visualize_args(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "data-dir", help="data for the real latents (default: the training run's)")
     _flag(parser, "output", help="folder for the figures (default: ./figures)")
     _flag(parser, "steps", type=int, help="DDIM steps of the shown trajectories (default: 50)")
-    _flag(parser, "guidance", type=float, help="classifier-free guidance scale (default: 2.0)")
+    _flag(parser, "guidance", type=float, help=GUIDANCE_HELP)
+    _flag(parser, "guide-path", help=GUIDE_HELP)
     _flag(parser, "seed", type=int, help="random seed (default: 0)")
 
 
@@ -543,7 +551,7 @@ def cmd_visualize(args: argparse.Namespace) -> None:
     paths = make_figures(
         args.model_path, args.output or "./figures",
         vae_path=args.vae_path, data_dir=args.data_dir, steps=args.steps or 50,
-        guidance=2.0 if args.guidance is None else args.guidance, seed=args.seed or 0,
+        guidance=args.guidance, guide_path=args.guide_path, seed=args.seed or 0,
     )  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in paths))
 
@@ -566,7 +574,8 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     _flag(gen, "num-per-class", type=int, help=f"images per class (default: {e.num_per_class})")
     _flag(gen, "sampler", help=f"dpmpp, ddim or ddpm (default: {e.sampler})")
     _flag(gen, "steps", type=int, help=f"sampling steps (default: {e.steps})")
-    _flag(gen, "guidance", type=float, help=f"guidance scale (default: {e.guidance})")
+    _flag(gen, "guidance", type=float, help=GUIDANCE_HELP)
+    _flag(gen, "guide-path", help=GUIDE_HELP)
     _flag(gen, "seed", type=int, help=f"first seed (default: {e.seed})")
     _flag(gen, "batch-size", type=int, help=f"sampling batch (default: {e.batch_size})")
     met = parser.add_argument_group("metrics")
@@ -624,12 +633,23 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
         "--data-dir", default=None,
         help="data whose test split gives the shipped latent map (default: the training data)",
     )  # fmt: skip
+    parser.add_argument(
+        "--guide-path", default=None,
+        help="a weaker diffusion checkpoint on the same VAE, shipped for autoguidance",
+    )  # fmt: skip
+    parser.add_argument(
+        "--guidance", type=float, default=None,
+        help="the guidance scale recorded with the guide (generation's default)",
+    )  # fmt: skip
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_pair
 
-    paths = export_pair(args.model_path, args.output, data_dir=args.data_dir)
+    if args.guidance is not None and args.guide_path is None:
+        raise CatdogError("--guidance is recorded with a guide; give --guide-path too")
+    paths = export_pair(args.model_path, args.output, data_dir=args.data_dir,
+                        guide_path=args.guide_path, guidance=args.guidance)  # fmt: skip
     print("wrote " + ", ".join(f"{p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in paths))
 
 

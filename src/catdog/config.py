@@ -198,6 +198,9 @@ class DiffusionTrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
+DEFAULT_GUIDANCE = 2.0  # classifier-free guidance scale when no guide model is used
+
+
 @dataclass
 class GenerateConfig:
     """One generation request: which model, which class, how many, how to sample."""
@@ -208,7 +211,10 @@ class GenerateConfig:
     num_samples: int = 10
     sampler: str = "dpmpp"  # "dpmpp" (DPM-Solver++ 2M) | "ddim" (eta) | "ddpm" (ancestral, all T)
     steps: int = 20
-    guidance: float = 2.0  # classifier-free guidance scale; 1 = plain conditional model
+    # guidance scale; 1 = plain conditional model. None: the scale the model's guide was tuned
+    # for (autoguidance), else DEFAULT_GUIDANCE (classifier-free).
+    guidance: float | None = None
+    guide_path: str | None = None  # weaker model for autoguidance; None: the recorded one; "none"
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
     seed: int = 0  # image i uses seed + i, whatever the batch size
     batch_size: int = 64
@@ -229,7 +235,8 @@ class EvaluateConfig:
     num_per_class: int = 800  # images generated per class
     sampler: str = GenerateConfig.sampler
     steps: int = GenerateConfig.steps
-    guidance: float = GenerateConfig.guidance
+    guidance: float | None = GenerateConfig.guidance
+    guide_path: str | None = GenerateConfig.guide_path
     eta: float = 0.0
     seed: int = 0
     batch_size: int = 64

@@ -1,5 +1,6 @@
 """Noise schedule and samplers for latent diffusion. Samplers are pure functions with one
-signature: ``sampler(model, x_T, timesteps, *, labels, schedule, guidance, generators, callback)``.
+signature: ``sampler(model, x_T, timesteps, *, labels, schedule, guidance, generators, callback,
+guide)``.
 
 Timesteps 1..T are noise levels and t = 0 is the clean latent (alpha_bar(0) = 1), so
 ``add_noise(x0, noise, 0) == x0`` exactly, and every sampler ends on t = 0.
@@ -16,6 +17,8 @@ from .config import ScheduleConfig
 
 # callback(step_index, t, x_t, predicted_x0) is called after every sampler step.
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+# denoiser(x_t, t, labels) -> the network's output (eps or v).
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class NoiseSchedule:
@@ -94,19 +97,27 @@ class NoiseSchedule:
 
 
 def guided_output(
-    model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    model: Denoiser,
     x: torch.Tensor,
     t: torch.Tensor,
     labels: torch.Tensor,
     guidance: float,
     null_label: int,
+    guide: Denoiser | None = None,
 ) -> torch.Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022): uncond + w (cond - uncond).
+    """Guided output: ``reference + guidance * (model - reference)``.
 
-    ``guidance`` 1 is exactly the conditional model (one forward pass, no null-label batch).
+    Without ``guide`` this is classifier-free guidance (Ho & Salimans 2022): the reference is the
+    same model given the null label. With ``guide`` it is autoguidance (Karras et al. 2024): the
+    reference is a weaker model of the same kind (smaller, shorter trained) given the same
+    label, which pushes samples away from the weak model's errors rather than towards the
+    class. ``guidance`` 1 is exactly the conditional model (one forward pass) in both cases.
     """
     if guidance == 1.0:
         return model(x, t, labels)
+    if guide is not None:
+        reference = guide(x, t, labels)
+        return reference + guidance * (model(x, t, labels) - reference)
     both = model(
         torch.cat([x, x]),
         torch.cat([t, t]),
@@ -126,7 +137,7 @@ def per_sample_noise(
 
 @torch.no_grad()
 def ddim_sample(
-    model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    model: Denoiser,
     x: torch.Tensor,
     timesteps: Sequence[int],
     *,
@@ -137,6 +148,7 @@ def ddim_sample(
     eta: float = 0.0,
     generators: Sequence[torch.Generator] | None = None,
     callback: Callback | None = None,
+    guide: Denoiser | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) from x at ``timesteps[0]`` down to t = 0.
 
@@ -147,7 +159,7 @@ def ddim_sample(
     steps = list(timesteps) + [0]
     for i, (t, t_prev) in enumerate(zip(steps[:-1], steps[1:], strict=True)):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        output = guided_output(model, x, t_batch, labels, guidance, null_label)
+        output = guided_output(model, x, t_batch, labels, guidance, null_label, guide)
         x0, eps = schedule.predict_x0_eps(output, x, t_batch)
         ab, ab_prev = alpha_bar[t], alpha_bar[t_prev]
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
@@ -170,7 +182,7 @@ def ddpm_sample(model, x, timesteps=None, **kwargs) -> torch.Tensor:
 
 @torch.no_grad()
 def dpmpp_2m_sample(
-    model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    model: Denoiser,
     x: torch.Tensor,
     timesteps: Sequence[int],
     *,
@@ -181,6 +193,7 @@ def dpmpp_2m_sample(
     eta: float = 0.0,
     generators: Sequence[torch.Generator] | None = None,
     callback: Callback | None = None,
+    guide: Denoiser | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): a deterministic second-order multistep solver
     on the data prediction, good at 10-25 steps. ``eta`` and ``generators`` are unused."""
@@ -192,7 +205,7 @@ def dpmpp_2m_sample(
     previous_x0, previous_h = None, None
     for i, (t, t_next) in enumerate(zip(steps[:-1], steps[1:], strict=True)):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        output = guided_output(model, x, t_batch, labels, guidance, null_label)
+        output = guided_output(model, x, t_batch, labels, guidance, null_label, guide)
         x0, _ = schedule.predict_x0_eps(output, x, t_batch)
         if t_next == 0:  # sigma = 0: the solution is the data prediction itself
             x = x0

@@ -11,12 +11,17 @@ from .config import DataConfig, from_dict
 from .data import balanced_subset, load_split
 
 VAE_FILE, DIFFUSION_FILE = "catdog_vae.safetensors", "catdog_diffusion.safetensors"
+GUIDE_FILE = "catdog_guide.safetensors"
 
 
 def export_pair(
-    diffusion_path: str | os.PathLike, out_dir: str | os.PathLike, *, data_dir: str | None = None
-) -> list[Path]:
-    """Write ``catdog_vae.safetensors`` and ``catdog_diffusion.safetensors`` into ``out_dir``.
+    diffusion_path: str | os.PathLike, out_dir: str | os.PathLike, *, data_dir: str | None = None,
+    guide_path: str | None = None, guidance: float | None = None,
+) -> list[Path]:  # fmt: skip
+    """Write ``catdog_vae.safetensors`` and ``catdog_diffusion.safetensors`` into ``out_dir``,
+    and with ``guide_path`` also ``catdog_guide.safetensors``: the weaker model that
+    autoguidance uses, recorded in the diffusion file with the ``guidance`` scale it was tuned
+    for, so that generation uses it by default.
 
     The diffusion file links its VAE by the content hash of the VAE *as it loads from the fp16
     file*, so the pair checks itself exactly like the training checkpoints do. The latent map
@@ -44,8 +49,23 @@ def export_pair(
     )
     link = {"sha256": checkpoint.content_hash(shipped_vae.state_dict()), "path": VAE_FILE,
             "shipped": True}  # fmt: skip
-    payload = {k: v for k, v in record.items() if k not in (*skip, "vae")}
+    payload = {k: v for k, v in record.items() if k not in (*skip, "vae", "guide")}
+    written = [vae_file, diffusion_file]
+    if guide_path is not None:
+        guide, _ = checkpoint.find_guide(diffusion_path, record, guide_path)  # checks it fits
+        guide_record = checkpoint.load(guide_path, checkpoint.KIND_DIFFUSION)
+        guide_file = out / GUIDE_FILE
+        checkpoint.save_safetensors(guide_file, checkpoint.KIND_DIFFUSION, {
+            **{k: v for k, v in guide_record.items() if k not in (*skip, "vae", "guide")},
+            "vae": link,
+        })  # fmt: skip
+        shipped_guide, _, _ = checkpoint.load_diffusion(guide_file)
+        payload["guide"] = {"sha256": checkpoint.content_hash(shipped_guide.state_dict()),
+                            "path": GUIDE_FILE, "shipped": True}  # fmt: skip
+        if guidance is not None:
+            payload["guide"]["guidance"] = guidance
+        written.append(guide_file)
     checkpoint.save_safetensors(diffusion_file, checkpoint.KIND_DIFFUSION, {
         **payload, "vae": link, "latent_map": latent_map.tensors(),
     })  # fmt: skip
-    return [vae_file, diffusion_file]
+    return written

@@ -51,8 +51,12 @@ def sample_latents(
     callback: Callback | None = None,
     progress: bool = False,
     device: torch.device | str = "cpu",
+    guide: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """Normalised latents, one per (label, seed); image i depends only on its own seed.
+
+    With a ``guide`` (a weaker model, see ``checkpoint.find_guide``) the guidance is
+    autoguidance instead of classifier-free guidance.
 
     The noise is drawn on the CPU and the sampling runs on the UNet's ``device``."""
     shape = (unet.cfg.latent_channels, unet.cfg.latent_size, unet.cfg.latent_size)
@@ -66,7 +70,7 @@ def sample_latents(
             unet, x, timesteps, labels=labels[start : start + batch_size].to(device),
             schedule=schedule,
             null_label=unet.null_label, guidance=guidance, eta=eta, generators=gens,
-            callback=callback,
+            callback=callback, guide=guide,
         ))  # fmt: skip
     return torch.cat(out)
 
@@ -91,7 +95,7 @@ def _check(cfg: GenerateConfig, num_timesteps: int | None = None) -> None:
         raise CatdogError(f"unknown sampler {cfg.sampler!r}; choose from {', '.join(SAMPLERS)}")
     if cfg.batch_size <= 0:
         raise CatdogError(f"--batch_size must be at least 1, got {cfg.batch_size}")
-    if cfg.guidance < 0:
+    if cfg.guidance is not None and cfg.guidance < 0:
         raise CatdogError(f"--guidance must be >= 0, got {cfg.guidance}")
     if cfg.steps <= 0 or (num_timesteps is not None and cfg.steps > num_timesteps):
         limit = f"1..{num_timesteps}" if num_timesteps else "at least 1"
@@ -119,14 +123,16 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     unet, schedule, record = checkpoint.load_diffusion(model_path)
     _check(cfg, schedule.num_timesteps)
     vae, _ = checkpoint.find_vae(model_path, record, cfg.vae_path)
+    guide, link = checkpoint.find_guide(model_path, record, cfg.guide_path)
+    guidance = checkpoint.resolve_guidance(cfg.guidance, link)
     output = Path(cfg.output)
     _check_writable(output)
     label = class_label(cfg.class_name)
     seeds = [cfg.seed + i for i in range(cfg.num_samples)]
     steps = schedule.num_timesteps if cfg.sampler == "ddpm" else cfg.steps
     z = sample_latents(unet, schedule, torch.full((cfg.num_samples,), label), seeds,
-                       sampler=cfg.sampler, steps=steps, guidance=cfg.guidance, eta=cfg.eta,
-                       batch_size=cfg.batch_size, progress=cfg.progress)  # fmt: skip
+                       sampler=cfg.sampler, steps=steps, guidance=guidance, eta=cfg.eta,
+                       batch_size=cfg.batch_size, progress=cfg.progress, guide=guide)  # fmt: skip
     images = decode_latents(vae, z)
     paths = []
     for i, image in enumerate(images):

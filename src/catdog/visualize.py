@@ -30,7 +30,7 @@ from .viz import save_figure
 @torch.no_grad()
 def reverse_trajectory(
     unet: torch.nn.Module, schedule: NoiseSchedule, label: int, seed: int, *, steps: int = 50,
-    guidance: float = 2.0,
+    guidance: float = 2.0, guide: torch.nn.Module | None = None,
 ) -> tuple[list[int], torch.Tensor, torch.Tensor]:  # fmt: skip
     """One reverse DDIM run for one class: the timesteps, the latents x_t after each step
     (steps + 1, C, h, w, starting with the noise), and the predicted x0 at each step."""
@@ -45,7 +45,8 @@ def reverse_trajectory(
         ts.append(t)
 
     ddim_sample(unet, x_T, timesteps, labels=torch.tensor([label]), schedule=schedule,
-                null_label=unet.null_label, guidance=guidance, callback=record)  # fmt: skip
+                null_label=unet.null_label, guidance=guidance, callback=record,
+                guide=guide)  # fmt: skip
     return ts, torch.stack(xs), torch.stack(x0s)
 
 
@@ -92,6 +93,7 @@ def save_denoising_path(
     seed: int = 0,
     steps: int = 50,
     guidance: float = 2.0,
+    guide: torch.nn.Module | None = None,
     shown: int = 6,
     show: str = "x0",
 ) -> None:
@@ -103,7 +105,7 @@ def save_denoising_path(
     grid = fig.add_gridspec(len(CLASS_NAMES), shown + 3)
     for row, name in enumerate(CLASS_NAMES):
         ts, xs, x0s = reverse_trajectory(unet, schedule, row, seed + row, steps=steps,
-                                         guidance=guidance)  # fmt: skip
+                                         guidance=guidance, guide=guide)  # fmt: skip
         picks = np.linspace(0, steps - 1, shown).round().astype(int)
         for col, i in enumerate(picks):
             image = decode_latents(vae, (x0s[i] if show == "x0" else xs[i + 1])[None])[0]
@@ -139,11 +141,13 @@ def save_denoising_gif(
     seed: int = 0,
     steps: int = 50,
     guidance: float = 2.0,
+    guide: torch.nn.Module | None = None,
     scale: int = 4,
 ) -> None:
     """Animated GIF from noise to image: each frame shows the decoded current latent x_t
     (left) and the decoded predicted x0 (right); the last frame is held for 1.5 s."""
-    ts, xs, x0s = reverse_trajectory(unet, schedule, label, seed, steps=steps, guidance=guidance)
+    ts, xs, x0s = reverse_trajectory(unet, schedule, label, seed, steps=steps, guidance=guidance,
+                                     guide=guide)  # fmt: skip
     current = decode_latents(vae, xs[1:])
     predicted = decode_latents(vae, x0s)
     frames = []
@@ -175,6 +179,7 @@ def save_comparison(
     noise_levels: tuple[int, ...] = (200, 500, 800),
     steps: int = 25,
     guidance: float = 2.0,
+    guide: torch.nn.Module | None = None,
     seed: int = 0,
 ) -> None:
     """Rows: real images, labelled with ``names``. Columns: the original, its VAE
@@ -192,7 +197,7 @@ def save_comparison(
         x_t = schedule.add_noise(z0, noise, torch.full((len(x),), t))
         timesteps = [s for s in schedule.spaced_timesteps(steps) if s < t]
         z = ddim_sample(unet, x_t, [t, *timesteps], labels=originals.labels, schedule=schedule,
-                        null_label=unet.null_label, guidance=guidance)  # fmt: skip
+                        null_label=unet.null_label, guidance=guidance, guide=guide)  # fmt: skip
         columns.append((f"noised to t={t},\ndenoised", decode_latents(vae, z)))
     fig, axes = plt.subplots(len(x), len(columns), figsize=(1.6 * len(columns), 1.7 * len(x)),
                              squeeze=False)  # fmt: skip
@@ -212,7 +217,8 @@ def load_gif_frames(path: str | Path) -> list[np.ndarray]:
 
 def make_figures(
     model_path: str | None, output: str | os.PathLike, *, vae_path: str | None = None,
-    data_dir: str | None = None, steps: int = 50, guidance: float = 2.0, seed: int = 0,
+    data_dir: str | None = None, steps: int = 50, guidance: float | None = None,
+    guide_path: str | None = None, seed: int = 0,
     comparisons: int = 4, samples_per_class: int = 16, real_images: bool = True,
 ) -> list[Path]:  # fmt: skip
     """All diffusion figures for a model pair: the denoising path, one GIF per class, one sample
@@ -232,6 +238,8 @@ def make_figures(
     model_path = resolve_model_path(model_path)
     unet, schedule, record = checkpoint.load_diffusion(model_path)
     vae, _ = checkpoint.find_vae(model_path, record, vae_path)
+    guide, link = checkpoint.find_guide(model_path, record, guide_path)
+    guidance = checkpoint.resolve_guidance(guidance, link)
     data_cfg = from_dict(DataConfig, record["train_config"]["data"])
     if data_dir is not None:
         data_cfg.data_dir = data_dir
@@ -253,17 +261,17 @@ def make_figures(
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "denoising_path.png"]
     save_denoising_path(written[0], unet, vae, schedule, latent_map, seed=seed, steps=steps,
-                        guidance=guidance)  # fmt: skip
+                        guidance=guidance, guide=guide)  # fmt: skip
     for label, name in enumerate(CLASS_NAMES):
         gif = out / f"denoising_{name}.gif"
         save_denoising_gif(gif, unet, vae, schedule, label, seed=seed + label, steps=steps,
-                           guidance=guidance)  # fmt: skip
+                           guidance=guidance, guide=guide)  # fmt: skip
         written.append(gif)
         if samples_per_class > 0:
             n = samples_per_class
             z = sample_latents(unet, schedule, torch.full((n,), label),
                                list(range(seed, seed + n)), sampler="dpmpp", steps=20,
-                               guidance=guidance)  # fmt: skip
+                               guidance=guidance, guide=guide)  # fmt: skip
             written.append(out / f"samples_{name}.png")
             save_png(written[-1], image_grid(decode_latents(vae, z), nrow=8), scale=2)
     if test is not None:
@@ -273,5 +281,5 @@ def make_figures(
         names = [f"test {name} #{k}" for name in CLASS_NAMES for k in range(per_class)]
         written.append(out / "comparison.png")
         save_comparison(written[-1], unet, vae, schedule, test.subset(index), names,
-                        guidance=guidance, seed=seed)  # fmt: skip
+                        guidance=guidance, guide=guide, seed=seed)  # fmt: skip
     return written
