@@ -104,4 +104,21 @@ def test_export_refuses_a_guide_that_does_not_belong(tiny_pair, tiny_vae, tmp_pa
     assert_one_line_error(result, "is a VAE checkpoint")
     result = run_cli("-m", "catdog", "export", "--model-path", str(tiny_pair), "--output",
                      str(tmp_path / "y"), "--guidance", "3")  # fmt: skip
-    assert_one_line_error(result, "give --guide-path too")
+    assert_one_line_error(result, "a guidance scale is recorded with a guide")
+    assert not (tmp_path / "y").exists()
+
+
+def test_export_ships_the_guide_training_recorded(tiny_data, tiny_vae, tmp_path):
+    from catdog.train_diffusion import FINAL, train
+    from tests.conftest import tiny_diffusion_cfg
+
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "run", epochs=2, guide_step=2))
+    model = tmp_path / "run" / FINAL
+    written = export_pair(model, tmp_path / "shipped")
+    assert [p.name for p in written] == [VAE_FILE, DIFFUSION_FILE, GUIDE_FILE]
+    record = checkpoint.load(written[1], checkpoint.KIND_DIFFUSION)
+    assert record["guide"]["guidance"] == 3.0  # the training default, carried over
+    assert checkpoint.find_guide(written[1], record)[0] is not None
+    bare = export_pair(model, tmp_path / "bare", guide_path="none")
+    assert [p.name for p in bare] == [VAE_FILE, DIFFUSION_FILE]
+    assert "guide" not in checkpoint.load(bare[1], checkpoint.KIND_DIFFUSION)

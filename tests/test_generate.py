@@ -150,7 +150,7 @@ def test_find_guide_checks_that_the_guide_belongs_with_the_model(tiny_pair, tiny
                                                                  tmp_path):  # fmt: skip
     record = checkpoint.load(tiny_pair, checkpoint.KIND_DIFFUSION)
     guide, link = checkpoint.find_guide(tiny_pair, record, str(tiny_guide))
-    assert guide is not None and not guide.training and link == {}
+    assert guide is not None and not guide.training and link == {"file": str(tiny_guide)}
     assert checkpoint.resolve_guidance(None, link) == DEFAULT_GUIDANCE
     assert checkpoint.resolve_guidance(1.5, {"guidance": 3.0}) == 1.5
     assert checkpoint.resolve_guidance(None, {"guidance": 3.0}) == 3.0

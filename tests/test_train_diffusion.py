@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from catdog.errors import CatdogError
 from catdog.models.vae import VAE
 from catdog.train_diffusion import (
     FINAL,
+    GUIDE,
     LATENTS,
     STATE,
     denoising_error,
@@ -133,3 +135,30 @@ def test_resume_after_the_vae_file_changed_is_refused(tiny_data, tiny_vae, tmp_p
     checkpoint.save(vae_copy, checkpoint.KIND_VAE, checkpoint.vae_payload(other, {}))
     with pytest.raises(CatdogError, match="is not the one"):
         train(tiny_diffusion_cfg(tiny_data, vae_copy, tmp_path / "run", epochs=2), resume=True)
+
+
+def test_an_early_ema_snapshot_is_saved_as_the_guide_and_linked(tiny_data, tiny_vae, tmp_path):
+    kw = {"epochs": 3, "guide_step": 4, "guide_guidance": 2.5}  # 3 steps an epoch
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "a", **kw))
+    final = tmp_path / "a" / FINAL
+    record = checkpoint.load(final, checkpoint.KIND_DIFFUSION)
+    snapshot = checkpoint.load(tmp_path / "a" / GUIDE, checkpoint.KIND_DIFFUSION)
+    assert snapshot["step"] == 4 and snapshot["vae"] == record["vae"]
+    assert record["guide"]["step"] == 4 and record["guide"]["guidance"] == 2.5
+    guide, link = checkpoint.find_guide(final, record)
+    assert link["file"] == str((tmp_path / "a" / GUIDE).resolve())
+    assert not all(torch.equal(v, record["state_dict"][k]) for k, v in guide.state_dict().items())
+    # Stopped after the snapshot and resumed: the link survives, to the same weights.
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "b", stop_at_epoch=2, **kw))
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "b", **kw), resume=True)
+    resumed = checkpoint.load(tmp_path / "b" / FINAL, checkpoint.KIND_DIFFUSION)
+    assert resumed["guide"]["sha256"] == record["guide"]["sha256"]
+    # A moved run folder finds its guide beside the model.
+    shutil.move(tmp_path / "a", tmp_path / "moved")
+    moved = tmp_path / "moved" / FINAL
+    _, link = checkpoint.find_guide(moved, checkpoint.load(moved, checkpoint.KIND_DIFFUSION))
+    assert link["file"] == str(tmp_path / "moved" / GUIDE)
+    # guide_step 0: no snapshot, no link, classifier-free guidance.
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "c", epochs=2, guide_step=0))
+    assert not (tmp_path / "c" / GUIDE).exists()
+    assert "guide" not in checkpoint.load(tmp_path / "c" / FINAL, checkpoint.KIND_DIFFUSION)

@@ -248,19 +248,22 @@ def find_guide(
     """The weaker model that autoguidance steers away from, or None for classifier-free guidance.
 
     ``guide_path`` "none" turns autoguidance off. Without a path, the guide recorded with the
-    model is used (``record["guide"]``, written by ``catdog export --guide-model``; a shipped
-    guide lies beside the model). Returns the guide (eval mode) and its link, whose optional
-    ``guidance`` is the scale it was tuned for. A guide must share the model's VAE (content
-    hash), noise schedule, latent shape and classes, else the outputs cannot be combined.
+    model is used (``record["guide"]``): training writes one (``guide.pt``, an early EMA
+    snapshot) and links it, and ``catdog export`` ships it beside the model. Returns the guide
+    (eval mode) and its link: ``file``, the path it was loaded from, and the optional
+    ``guidance``, the scale it was tuned for. A guide must share the model's VAE (content hash),
+    noise schedule, latent shape and classes, else the outputs cannot be combined.
     """
     link = dict(record.get("guide") or {})
     if guide_path == "none" or (guide_path is None and not link):
         return None, {}
-    if guide_path is None:
-        path = Path(diffusion_path).parent / link["path"] if link.get("shipped") else link["path"]
+    if guide_path is None:  # as recorded; else beside the model (a moved run folder)
+        recorded, here = Path(link["path"]), Path(diffusion_path).parent
+        candidates = [here / recorded] if link.get("shipped") else [recorded, here / recorded.name]
+        path = next((c for c in candidates if c.is_file()), candidates[0])
     else:
         path, link = Path(guide_path), {}
-    if not Path(path).is_file():
+    if not path.is_file():
         raise CatdogError(f"guide model not found: {path} (pass --guide-model none to go without)")
     guide, _, guide_record = load_diffusion(path)
     if link.get("sha256") and content_hash(guide.state_dict()) != link["sha256"]:
@@ -284,7 +287,7 @@ def find_guide(
             f"guide model {path} does not belong with {diffusion_path}: different "
             + ", ".join(mismatch)
         )
-    return guide, link
+    return guide, {**link, "file": str(path)}
 
 
 def resolve_guidance(guidance: float | None, guide_link: dict[str, Any]) -> float:

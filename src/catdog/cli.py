@@ -367,6 +367,15 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         help=f"EMA decay of the sampling weights (default: {d.ema_decay})",
     )
+    _flag(
+        parser, "guide-step", type=int,
+        help="save the EMA weights after this many steps as guide.pt, the autoguidance guide "
+        f"linked into the final checkpoint; 0 = none (default: {d.guide_step})",
+    )  # fmt: skip
+    _flag(
+        parser, "guide-guidance", type=float,
+        help=f"guidance scale recorded with the guide (default: {d.guide_guidance})",
+    )  # fmt: skip
     _flag(parser, "seed", type=int, help=f"random seed (default: {d.seed})")
     _flag(parser, "save-dir", help=f"run folder (default: {d.save_dir})")
     _flag(
@@ -436,6 +445,8 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
         "batch_size",
         "lr",
         "ema_decay",
+        "guide_step",
+        "guide_guidance",
         "seed",
         "save_dir",
         "checkpoint_every",
@@ -456,6 +467,8 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
             )
     if cfg.schedule.num_timesteps <= 0:
         raise CatdogError(f"--timesteps must be positive, got {cfg.schedule.num_timesteps}")
+    if cfg.guide_step < 0 or cfg.guide_guidance < 0:
+        raise CatdogError("--guide-step and --guide-guidance must be >= 0")
     return cfg
 
 
@@ -635,7 +648,8 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--guide-path", default=None,
-        help="a weaker diffusion checkpoint on the same VAE, shipped for autoguidance",
+        help="the autoguidance guide to ship: a weaker diffusion checkpoint on the same VAE "
+        "(default: the one recorded by training; 'none' = no guide)",
     )  # fmt: skip
     parser.add_argument(
         "--guidance", type=float, default=None,
@@ -646,8 +660,6 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_pair
 
-    if args.guidance is not None and args.guide_path is None:
-        raise CatdogError("--guidance is recorded with a guide; give --guide-path too")
     paths = export_pair(args.model_path, args.output, data_dir=args.data_dir,
                         guide_path=args.guide_path, guidance=args.guidance)  # fmt: skip
     print("wrote " + ", ".join(f"{p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in paths))

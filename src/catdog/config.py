@@ -188,6 +188,11 @@ class DiffusionTrainConfig:
     lr_warmup_steps: int = 200
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # Autoguidance (Karras et al. 2024) for free: the EMA weights after guide_step steps are
+    # saved as guide.pt, a weaker model of the same kind that sampling steers away from, and
+    # linked into the final checkpoint with the scale guide_guidance. 0 = no guide.
+    guide_step: int = 1280
+    guide_guidance: float = 3.0
     seed: int = 0
     save_dir: str = "./results"
     checkpoint_every: int = 50  # epochs between resumable checkpoints

@@ -9,6 +9,7 @@ from pathlib import Path
 from . import checkpoint
 from .config import DataConfig, from_dict
 from .data import balanced_subset, load_split
+from .errors import CatdogError
 
 VAE_FILE, DIFFUSION_FILE = "catdog_vae.safetensors", "catdog_diffusion.safetensors"
 GUIDE_FILE = "catdog_guide.safetensors"
@@ -19,9 +20,10 @@ def export_pair(
     guide_path: str | None = None, guidance: float | None = None,
 ) -> list[Path]:  # fmt: skip
     """Write ``catdog_vae.safetensors`` and ``catdog_diffusion.safetensors`` into ``out_dir``,
-    and with ``guide_path`` also ``catdog_guide.safetensors``: the weaker model that
-    autoguidance uses, recorded in the diffusion file with the ``guidance`` scale it was tuned
-    for, so that generation uses it by default.
+    and ``catdog_guide.safetensors`` where the model has a guide (the one recorded by training,
+    or ``guide_path``; "none" for none): the weaker model that autoguidance uses, linked from the
+    diffusion file with the scale it was tuned for (``guidance``, default the recorded one), so
+    that generation uses it by default.
 
     The diffusion file links its VAE by the content hash of the VAE *as it loads from the fp16
     file*, so the pair checks itself exactly like the training checkpoints do. The latent map
@@ -31,6 +33,9 @@ def export_pair(
 
     unet, schedule, record = checkpoint.load_diffusion(diffusion_path)
     vae, vae_path = checkpoint.find_vae(diffusion_path, record)
+    guide, guide_link = checkpoint.find_guide(diffusion_path, record, guide_path)  # checks it fits
+    if guide is None and guidance is not None:
+        raise CatdogError("a guidance scale is recorded with a guide, and this export has none")
     vae_record = checkpoint.load(vae_path, checkpoint.KIND_VAE)
     out = Path(out_dir)
     vae_file, diffusion_file = out / VAE_FILE, out / DIFFUSION_FILE
@@ -51,9 +56,8 @@ def export_pair(
             "shipped": True}  # fmt: skip
     payload = {k: v for k, v in record.items() if k not in (*skip, "vae", "guide")}
     written = [vae_file, diffusion_file]
-    if guide_path is not None:
-        guide, _ = checkpoint.find_guide(diffusion_path, record, guide_path)  # checks it fits
-        guide_record = checkpoint.load(guide_path, checkpoint.KIND_DIFFUSION)
+    if guide is not None:
+        guide_record = checkpoint.load(guide_link["file"], checkpoint.KIND_DIFFUSION)
         guide_file = out / GUIDE_FILE
         checkpoint.save_safetensors(guide_file, checkpoint.KIND_DIFFUSION, {
             **{k: v for k, v in guide_record.items() if k not in (*skip, "vae", "guide")},
@@ -62,6 +66,7 @@ def export_pair(
         shipped_guide, _, _ = checkpoint.load_diffusion(guide_file)
         payload["guide"] = {"sha256": checkpoint.content_hash(shipped_guide.state_dict()),
                             "path": GUIDE_FILE, "shipped": True}  # fmt: skip
+        guidance = guidance if guidance is not None else guide_link.get("guidance")
         if guidance is not None:
             payload["guide"]["guidance"] = guidance
         written.append(guide_file)

@@ -39,6 +39,7 @@ from .runs import prepare_run, write_metrics
 from .train_vae import encode_means
 
 FINAL, STATE, LATENTS = "conditional_diffusion_final.pt", "diffusion_train_state.pt", "latents.pt"
+GUIDE = "guide.pt"  # the early EMA snapshot that autoguidance uses
 CURVE_KEYS = ["loss", "train_x0_mse", "val_x0_mse", "latents_per_s"]
 
 
@@ -204,12 +205,13 @@ def train_on(
     ema = EMA(unet, cfg.ema_decay)
     base_lr = distributed.effective_lr(cfg.runtime, cfg.lr, cfg.batch_size)
     opt = torch.optim.AdamW(unet.parameters(), lr=base_lr, weight_decay=0.0)
-    start_epoch, step, history = 0, 0, []
+    start_epoch, step, history, guide_link = 0, 0, [], None
     if state is not None:
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        guide_link = state.get("guide")
         torch.set_rng_state(state["rng"])
         data_rng.set_state(state["data_rng"])
     device = rt.device
@@ -226,13 +228,24 @@ def train_on(
             "train_config": to_dict(cfg), "unet": unet.state_dict(),
             "ema": ema.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
             "step": step, "history": history, "rng": torch.get_rng_state(),
-            "data_rng": data_rng.get_state(), "vae": vae_link,
+            "data_rng": data_rng.get_state(), "vae": vae_link, "guide": guide_link,
         })  # fmt: skip
 
     def save_final(epoch: int, record: dict) -> None:
+        extra = {"guide": guide_link} if guide_link else {}
         checkpoint.save(save_dir / FINAL, checkpoint.KIND_DIFFUSION, checkpoint.diffusion_payload(
             ema.model, to_dict(cfg.schedule), vae_link, to_dict(cfg), epoch=epoch, metrics=record,
+            **extra,
         ))  # fmt: skip
+
+    def save_guide(epoch: int) -> dict[str, Any]:
+        path = save_dir / GUIDE
+        checkpoint.save(path, checkpoint.KIND_DIFFUSION, checkpoint.diffusion_payload(
+            ema.model, to_dict(cfg.schedule), vae_link, to_dict(cfg), epoch=epoch, step=step,
+        ))  # fmt: skip
+        digest = checkpoint.content_hash(ema.model.state_dict())
+        return {"path": str(path.resolve()), "sha256": digest, "step": step,
+                "guidance": cfg.guide_guidance}  # fmt: skip
 
     n = len(latents["labels"])
     tracked: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -288,6 +301,8 @@ def train_on(
             opt.step()
             ema.update(unet)
             step += 1
+            if step == cfg.guide_step and rt.is_main:
+                guide_link = save_guide(epoch)
         totals = rt.sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64))
         elapsed = time.monotonic() - epoch_start
         record = {"epoch": epoch, "step": step, "lr": lr, "loss": float(totals[0] / totals[1]),
