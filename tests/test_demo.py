@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from catdog import checkpoint
@@ -18,6 +17,9 @@ def test_shipped_weights_are_a_linked_fp16_pair_within_budget():
     total = sum(p.stat().st_size for p in SHIPPED_MODEL.parent.glob("*.safetensors"))
     assert total <= 50 * 2**20
     assert {"train_config", "unet_config", "schedule_config", "latent_map"} <= set(record)
+    guide, link = checkpoint.find_guide(SHIPPED_MODEL, record)  # autoguidance by default
+    assert guide is not None and Path(link["file"]).parent == SHIPPED_MODEL.parent
+    assert checkpoint.resolve_guidance(None, link) == record["guide"]["guidance"]
 
 
 def test_demo_writes_both_classes_gifs_and_the_denoising_path(tmp_path):
@@ -42,15 +44,12 @@ def test_original_scripts_default_to_the_shipped_weights(tmp_path):
     assert np.asarray(Image.open(tmp_path / "dog_0007.png")).shape == (48, 48, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped model misses the class-accuracy target: `catdog evaluate` measures 0.688 "
-    "(target 0.90; see the model card)",
-)
 def test_the_probe_from_evaluate_sees_the_asked_for_class_in_shipped_samples(shared):
     """The probe of `catdog evaluate` (Inception pool3 features, logistic regression fitted on
-    the real training split) must call a clear majority of 8 shipped samples per class the class
-    asked for. Strict xfail: the day a shipped model passes, this fails until the mark goes."""
+    the real training split) must call a clear majority (6 of 8) of the shipped model's default
+    samples of each class the class asked for. This is the issue's check on a few fixed seeds;
+    the class-accuracy target itself (0.90 over 800 per class) is measured by `catdog evaluate`
+    and reported in the model card."""
     import torch
 
     from catdog.config import DataConfig
@@ -65,9 +64,10 @@ def test_the_probe_from_evaluate_sees_the_asked_for_class_in_shipped_samples(sha
     probe = fit_probe(cached_extract(net, train.images, cache, progress=False), train.labels)
     unet, schedule, record = checkpoint.load_diffusion(SHIPPED_MODEL)
     vae, _ = checkpoint.find_vae(SHIPPED_MODEL, record)
+    guide, link = checkpoint.find_guide(SHIPPED_MODEL, record)  # the default: autoguidance
     labels = torch.tensor([0] * 8 + [1] * 8)
     z = sample_latents(unet, schedule, labels, list(range(100, 116)), sampler="dpmpp", steps=20,
-                       guidance=2.0)  # fmt: skip
+                       guidance=checkpoint.resolve_guidance(None, link), guide=guide)  # fmt: skip
     with torch.no_grad():
         images = to_uint8(vae.decode(vae.denormalize_latent(z)))
     assert images.shape == (16, 3, 48, 48)
