@@ -264,7 +264,7 @@ def find_guide(
     else:
         path, link = Path(guide_path), {}
     if not path.is_file():
-        raise CatdogError(f"guide model not found: {path} (pass --guide-model none to go without)")
+        raise CatdogError(f"guide model not found: {path} (pass --guide-path none to go without)")
     guide, _, guide_record = load_diffusion(path)
     if link.get("sha256") and content_hash(guide.state_dict()) != link["sha256"]:
         raise CatdogError(f"guide model {path} is not the one recorded with {diffusion_path}")
