@@ -113,7 +113,11 @@ def diagnostics_section(out: list[str]) -> None:
             # the samples row is named after its guidance, which differs between records
             match = [n for n in r["rows"] if n.split(" (")[0] == k.split(" (")[0]]
             v = r["rows"][match[0]] if match else None
-            cells.append("-" if v is None else f"{v['kid_x1000']:.1f} ({v['fid']:.0f})")
+            cell = "-" if v is None else f"{v['kid_x1000']:.1f} ({v['fid']:.0f})"
+            if v is not None and k.startswith("samples"):  # which guidance: "guidance 2.0" = CFG
+                how = match[0].split(", ", 1)[-1].rstrip(")")
+                cell += ", " + (how if how.startswith("auto") else how.replace("guidance", "CFG"))
+            cells.append(cell)
         e = r["denoising_error"]
         model = r.get("label") or r["model_path"]
         errors = f"{e['train']:.3f} / {e['held_out']:.3f}"
