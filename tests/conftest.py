@@ -72,9 +72,7 @@ def resave(path: Path, kind: str, record: dict) -> None:
     """Save a loaded (possibly edited) checkpoint record again."""
     from catdog import checkpoint
 
-    checkpoint.save(
-        path, kind, {k: v for k, v in record.items() if k not in ("kind", "format_version")}
-    )
+    checkpoint.save(path, kind, checkpoint.payload_of(record))
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -45,8 +45,7 @@ def test_exported_pair_keeps_its_link_and_refuses_another_vae(exported, tmp_path
     payload = checkpoint.load(vae_file, checkpoint.KIND_VAE)
     payload["state_dict"]["latent_mean"] = payload["state_dict"]["latent_mean"] + 1
     other = tmp_path / "other.safetensors"
-    checkpoint.save_safetensors(other, checkpoint.KIND_VAE, {
-        k: v for k, v in payload.items() if k not in ("kind", "format_version")})  # fmt: skip
+    checkpoint.save_safetensors(other, checkpoint.KIND_VAE, checkpoint.payload_of(payload))
     with pytest.raises(CatdogError, match="does not match"):
         checkpoint.find_vae(diffusion_file, record, str(other))
     result = run_cli("generate.py", "--model_path", str(vae_file), "--output", str(tmp_path))

@@ -144,6 +144,12 @@ def load(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     return record
 
 
+def payload_of(record: dict[str, Any], *drop: str) -> dict[str, Any]:
+    """A loaded record as a payload to save again: without the format tags ``load`` adds, and
+    without the keys in ``drop`` (links the caller rewrites)."""
+    return {k: v for k, v in record.items() if k not in ("kind", "format_version", *drop)}
+
+
 def vae_payload(vae: torch.nn.Module, train_config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """What a VAE checkpoint holds: its model config, weights (with latent statistics) and the
     training config that produced it."""

@@ -39,10 +39,7 @@ def export_pair(
     vae_record = checkpoint.load(vae_path, checkpoint.KIND_VAE)
     out = Path(out_dir)
     vae_file, diffusion_file = out / VAE_FILE, out / DIFFUSION_FILE
-    skip = ("kind", "format_version")
-    checkpoint.save_safetensors(
-        vae_file, checkpoint.KIND_VAE, {k: v for k, v in vae_record.items() if k not in skip}
-    )
+    checkpoint.save_safetensors(vae_file, checkpoint.KIND_VAE, checkpoint.payload_of(vae_record))
     shipped_vae, _ = checkpoint.load_vae(vae_file)
     data_cfg = from_dict(DataConfig, record["train_config"]["data"])
     if data_dir is not None:
@@ -54,14 +51,13 @@ def export_pair(
     )
     link = {"sha256": checkpoint.content_hash(shipped_vae.state_dict()), "path": VAE_FILE,
             "shipped": True}  # fmt: skip
-    payload = {k: v for k, v in record.items() if k not in (*skip, "vae", "guide")}
+    payload = checkpoint.payload_of(record, "vae", "guide")
     written = [vae_file, diffusion_file]
     if guide is not None:
         guide_record = checkpoint.load(guide_link["file"], checkpoint.KIND_DIFFUSION)
         guide_file = out / GUIDE_FILE
         checkpoint.save_safetensors(guide_file, checkpoint.KIND_DIFFUSION, {
-            **{k: v for k, v in guide_record.items() if k not in (*skip, "vae", "guide")},
-            "vae": link,
+            **checkpoint.payload_of(guide_record, "vae", "guide"), "vae": link,
         })  # fmt: skip
         shipped_guide, _, _ = checkpoint.load_diffusion(guide_file)
         payload["guide"] = {"sha256": checkpoint.content_hash(shipped_guide.state_dict()),
