@@ -137,3 +137,27 @@ def tiny_guide(tiny_data, tiny_vae, tmp_path_factory) -> Path:
             value += 0.05 * torch.randn(value.shape, generator=generator)
     resave(save_dir / FINAL, checkpoint.KIND_DIFFUSION, record)
     return save_dir / FINAL
+
+
+def tiny_decoder_cfg(data_dir, vae_path, save_dir, **overrides):
+    """The decoder fine-tuning preset on a tiny VAE, without the VGG term."""
+    from catdog.config import LossTerm, vae_preset
+
+    cfg = vae_preset("decoder")
+    cfg.data.data_dir, cfg.save_dir = str(data_dir), str(save_dir)
+    cfg.finetune_decoder = str(vae_path)
+    cfg.losses.vgg = LossTerm(0.0)
+    cfg.batch_size, cfg.lr, cfg.epochs, cfg.viz_every, cfg.progress = 8, 1e-3, 2, 100, False
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_ft(tiny_data, tiny_vae, tmp_path_factory) -> Path:
+    """``tiny_vae`` with its decoder fine-tuned for two epochs (``--finetune-decoder``)."""
+    from catdog.train_vae import FINAL, train
+
+    save_dir = tmp_path_factory.mktemp("decoder_run")
+    train(tiny_decoder_cfg(tiny_data, tiny_vae, save_dir))
+    return save_dir / FINAL

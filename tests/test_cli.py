@@ -128,6 +128,26 @@ def test_bad_option_values(tiny_data, tmp_path):
     assert_one_line_error(run_cli(*base, "--image-size", "15"), "not divisible")
 
 
+def test_finetune_decoder_takes_the_decoder_preset(tiny_data, tiny_vae, tmp_path):
+    base = ["main.py", "--mode", "vae", "--finetune_decoder", str(tiny_vae), "--no-progress",
+            "--data-dir", str(tiny_data), "--lambda-vgg", "0", "--batch-size", "8"]  # fmt: skip
+    result = run_cli(*base, "--epochs", "1", "--save_dir", str(tmp_path / "ft"))
+    assert result.returncode == 0, result.stderr
+    cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert (cfg["lr"], cfg["lr_schedule"], cfg["latent_noise"]) == (1e-4, "constant", 0.1)
+    assert cfg["losses"]["adv"]["weight"] == 0 and cfg["finetune_decoder"] == str(tiny_vae)
+    assert cfg["model"]["image_size"] == 16  # the source VAE's architecture, not the preset's
+    record = checkpoint.load(tmp_path / "ft" / "vae_gan_final.pt", checkpoint.KIND_VAE)
+    assert record["decoder_of"]["sha256"] == checkpoint.content_hash(
+        checkpoint.load_vae(tiny_vae)[0].state_dict()
+    )
+    bad = run_cli(*base, "--latent-noise", "-1", "--save_dir", str(tmp_path / "bad"))
+    assert_one_line_error(bad, "--latent-noise must be 0 or more")
+    missing = run_cli(*base[:4], str(tmp_path / "none.pt"), *base[5:],
+                      "--save_dir", str(tmp_path / "missing"))  # fmt: skip
+    assert_one_line_error(missing, "checkpoint not found")
+
+
 def test_diffusion_flags_reach_the_config():
     parser = argparse.ArgumentParser()
     add_diffusion_train_args(parser)

@@ -52,6 +52,26 @@ def test_exported_pair_keeps_its_link_and_refuses_another_vae(exported, tmp_path
     assert_one_line_error(result, "is a VAE checkpoint, but a diffusion checkpoint is needed")
 
 
+def test_export_ships_a_decoder_finetune_in_place_of_the_recorded_vae(
+    tiny_pair, tiny_decoder_ft, tmp_path
+):
+    vae_file, diffusion_file = export_pair(tiny_pair, tmp_path, vae_path=str(tiny_decoder_ft))
+    shipped, _ = checkpoint.load_vae(vae_file)
+    tuned, _ = checkpoint.load_vae(tiny_decoder_ft)
+    for key, value in tuned.state_dict().items():  # the fine-tune, in fp16
+        torch.testing.assert_close(shipped.state_dict()[key], value, atol=2e-3, rtol=2e-3)
+    record = checkpoint.load(diffusion_file, checkpoint.KIND_DIFFUSION)
+    assert record["vae"]["latent_sha256"] == checkpoint.latent_hash(shipped.state_dict())
+    assert checkpoint.find_vae(diffusion_file, record)[1] == vae_file
+    other = tmp_path / "other.pt"
+    payload = checkpoint.load(tiny_decoder_ft, checkpoint.KIND_VAE)
+    payload["state_dict"]["latent_std"] = payload["state_dict"]["latent_std"] * 2
+    checkpoint.save(other, checkpoint.KIND_VAE, checkpoint.payload_of(payload))
+    with pytest.raises(CatdogError, match="does not match"):
+        export_pair(tiny_pair, tmp_path / "refused", vae_path=str(other))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_denoising_path_uses_the_shipped_latent_map_where_no_images_are(exported, tmp_path,
                                                                         monkeypatch):  # fmt: skip
     import catdog.data

@@ -87,6 +87,29 @@ def test_bad_checkpoints_are_clear_errors(tiny_pair, tiny_vae, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_decoder_finetune_of_its_vae_fits_the_model(tiny_pair, tiny_vae, tiny_decoder_ft,
+                                                     tmp_path):  # fmt: skip
+    _, _, record = checkpoint.load_diffusion(tiny_pair)
+    assert record["vae"]["latent_sha256"] == checkpoint.latent_hash(
+        checkpoint.load_vae(tiny_vae)[0].state_dict()
+    )
+    kw = dict(class_name="cat", num_samples=2, steps=3)
+    plain = generate(cfg_for(tiny_pair, tmp_path / "plain", **kw))
+    tuned = generate(cfg_for(tiny_pair, tmp_path / "tuned", vae_path=str(tiny_decoder_ft), **kw))
+    assert plain[1].read_bytes() != tuned[1].read_bytes()  # same latents, another decoder
+    # A link written before latent hashes: the fine-tune's own record names its source.
+    legacy = dict(record, vae={k: v for k, v in record["vae"].items() if k != "latent_sha256"})
+    vae, _ = checkpoint.find_vae(tiny_pair, legacy, str(tiny_decoder_ft))
+    assert checkpoint.content_hash(vae.state_dict()) != legacy["vae"]["sha256"]
+    # Any change on the encoder side breaks the fit, whatever the record claims.
+    changed = checkpoint.load(tiny_decoder_ft, checkpoint.KIND_VAE)
+    changed["state_dict"]["encoder.stem.weight"] = changed["state_dict"]["encoder.stem.weight"] + 1
+    resave(tmp_path / "changed.pt", checkpoint.KIND_VAE, changed)
+    for link_record in (record, legacy):
+        with pytest.raises(CatdogError, match="does not match diffusion checkpoint"):
+            checkpoint.find_vae(tiny_pair, link_record, str(tmp_path / "changed.pt"))
+
+
 def test_unwritable_output_is_a_clear_error(tiny_pair, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("I am a file, not a folder")
@@ -162,7 +185,7 @@ def test_find_guide_checks_that_the_guide_belongs_with_the_model(tiny_pair, tiny
         checkpoint.find_guide(tiny_pair, record, str(tiny_vae))
     guide_record = checkpoint.load(tiny_guide, checkpoint.KIND_DIFFUSION)
     for field, change, message in (
-        ("vae", {"sha256": "0" * 64}, "different VAE"),
+        ("vae", {"sha256": "0" * 64, "latent_sha256": "0" * 64}, "different VAE"),
         ("schedule_config", {"num_timesteps": 50}, "different noise schedule"),
     ):
         other = tmp_path / f"other_{field}.pt"
@@ -170,6 +193,11 @@ def test_find_guide_checks_that_the_guide_belongs_with_the_model(tiny_pair, tiny
                {**guide_record, field: {**guide_record[field], **change}})  # fmt: skip
         with pytest.raises(CatdogError, match=message):
             checkpoint.find_guide(tiny_pair, record, str(other))
+    # A guide trained on a decoder fine-tune of the same VAE shares its latent space.
+    tuned = tmp_path / "tuned_decoder_guide.pt"
+    resave(tuned, checkpoint.KIND_DIFFUSION,
+           {**guide_record, "vae": {**guide_record["vae"], "sha256": "1" * 64}})  # fmt: skip
+    assert checkpoint.find_guide(tiny_pair, record, str(tuned))[0] is not None
 
 
 def test_recorded_guide_is_used_by_default_and_checked(tiny_pair, tiny_guide, tmp_path):

@@ -17,10 +17,10 @@ from catdog.train_diffusion import (
     LATENTS,
     STATE,
     denoising_error,
-    encode_training_set,
     load_or_cache_latents,
     train,
 )
+from catdog.train_vae import encode_training_set
 from tests.conftest import tiny_diffusion_cfg
 
 

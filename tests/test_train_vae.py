@@ -14,8 +14,16 @@ from catdog.config import LossTerm, vae_preset
 from catdog.data import load_folder, to_float
 from catdog.errors import CatdogError
 from catdog.losses import PerceptualLoss, load_vgg16_features
-from catdog.train_vae import BEST, FINAL, STATE, _cache_vgg_targets, train
-from tests.conftest import ROOT
+from catdog.train_vae import (
+    BEST,
+    FINAL,
+    STATE,
+    _cache_vgg_targets,
+    _decoder_input,
+    encode_training_set,
+    train,
+)
+from tests.conftest import ROOT, tiny_decoder_cfg
 
 
 def tiny_cfg(data_dir, save_dir, **overrides):
@@ -147,3 +155,71 @@ def test_training_with_perceptual_loss_cached_and_uncached(tiny_data, vgg_weight
         results.append(train(cfg)["loss_vgg"])
     assert results[0] > 0
     assert results[0] == pytest.approx(results[1], rel=0.05)  # fp16 cache vs fp32 on the fly
+
+
+def test_decoder_finetune_trains_only_the_decoder(tiny_data, tiny_vae, tiny_decoder_ft):
+    source, before = checkpoint.load_vae(tiny_vae)
+    tuned, record = checkpoint.load_vae(tiny_decoder_ft)
+    a, b = source.state_dict(), tuned.state_dict()
+    assert a.keys() == b.keys()
+    fixed = [k for k in a if not k.startswith("decoder.")]
+    assert "latent_mean" in fixed and "class_centers" in fixed
+    for key in fixed:  # encoder, latent statistics and heads: bit for bit
+        assert torch.equal(a[key], b[key]), key
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    assert record["decoder_of"] == {
+        "sha256": checkpoint.content_hash(a),
+        "latent_sha256": checkpoint.latent_hash(a),
+        "path": str(tiny_vae.resolve()),
+    }
+    assert checkpoint.latent_hash(b) == checkpoint.latent_hash(a)
+    assert checkpoint.content_hash(b) != checkpoint.content_hash(a)
+    history = [json.loads(line) for line in (tiny_decoder_ft.parent / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert "loss_rec" in history[0] and "loss_kl" not in history[0] and "loss_cls" not in history[0]
+    assert record["train_config"]["model"] == before["config"]  # the architecture is the source's
+
+
+def test_decoder_finetune_resumes_exactly(tiny_data, tiny_vae, tmp_path):
+    straight = tmp_path / "straight"
+    train(tiny_decoder_cfg(tiny_data, tiny_vae, straight, epochs=2))
+    split = tmp_path / "split"
+    train(tiny_decoder_cfg(tiny_data, tiny_vae, split, epochs=2, stop_at_epoch=1))
+    train(tiny_decoder_cfg(tiny_data, tiny_vae, split, epochs=2), resume=True)
+    a, b = state_dict_of(straight / FINAL), state_dict_of(split / FINAL)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert (
+        checkpoint.load(split / FINAL, checkpoint.KIND_VAE)["decoder_of"]
+        == checkpoint.load(straight / FINAL, checkpoint.KIND_VAE)["decoder_of"]
+    )
+
+
+def test_latent_noise_reaches_the_decoder_and_only_there(tiny_data, tiny_vae, tmp_path):
+    quiet = train(tiny_decoder_cfg(tiny_data, tiny_vae, tmp_path / "quiet", latent_noise=0.0))
+    noisy = train(tiny_decoder_cfg(tiny_data, tiny_vae, tmp_path / "noisy", latent_noise=1.0))
+    assert noisy["loss_rec"] > quiet["loss_rec"]  # a noisier input is harder to reconstruct
+    with pytest.raises(CatdogError, match="--latent-noise is for decoder fine-tuning"):
+        train(tiny_cfg(tiny_data, tmp_path / "full", epochs=1, latent_noise=0.1))
+
+
+def test_decoder_input_from_the_cache_equals_encoding_now(tiny_data, tiny_vae):
+    vae, _ = checkpoint.load_vae(tiny_vae)
+    images = load_folder(tiny_data, "train", 16).images[:4]
+    posterior = encode_training_set(vae, images)
+    x = to_float(images).flip(-1)  # rows 4..7 of the cache are the mirror images
+    eps, noise = torch.randn(4, 2, 8, 8), torch.randn(4, 2, 8, 8)
+    cached = _decoder_input(vae, posterior, x, torch.arange(4, 8), eps, noise)
+    now = _decoder_input(vae, None, x, torch.arange(4, 8), eps, noise)
+    torch.testing.assert_close(cached, now, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        mean, logvar = vae.encode(x)
+    expected = mean + (0.5 * logvar).exp() * eps + vae.latent_std[:, None, None] * noise
+    torch.testing.assert_close(cached, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_color_jitter_encodes_on_the_fly(tiny_data, tiny_vae, tmp_path):
+    cfg = tiny_decoder_cfg(tiny_data, tiny_vae, tmp_path, epochs=1)
+    cfg.data.color_jitter = 0.2
+    record = train(cfg)
+    assert record["loss_rec"] > 0 and record["epoch"] == 1

@@ -183,6 +183,34 @@ def content_hash(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def latent_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    """``content_hash`` of everything in a VAE state dict except the decoder: the encoder, the
+    latent statistics and the latent heads. Two VAEs with the same latent hash map images to the
+    same normalised latents, so a diffusion model trained on one fits the other; that is what a
+    decoder fine-tune (``train-vae --finetune-decoder``) keeps."""
+    return content_hash({k: v for k, v in state_dict.items() if not k.startswith("decoder.")})
+
+
+def vae_link(vae: torch.nn.Module, path: str) -> dict[str, str]:
+    """How a diffusion checkpoint names its VAE: content hash, latent hash and path."""
+    state = vae.state_dict()
+    return {"sha256": content_hash(state), "latent_sha256": latent_hash(state), "path": path}
+
+
+def fits_link(vae: torch.nn.Module, vae_record: dict[str, Any], link: dict[str, Any]) -> bool:
+    """Whether ``vae`` is the VAE ``link`` names, or has the same latent space: the same latent
+    hash, or (for links written before latent hashes) a decoder fine-tune of the linked VAE
+    whose encoder side is unchanged."""
+    state = vae.state_dict()
+    if content_hash(state) == link["sha256"]:
+        return True
+    latent = latent_hash(state)
+    if "latent_sha256" in link:
+        return latent == link["latent_sha256"]
+    parent = vae_record.get("decoder_of") or {}
+    return parent.get("sha256") == link["sha256"] and parent.get("latent_sha256") == latent
+
+
 def diffusion_payload(
     ema_model: torch.nn.Module, schedule_config: dict[str, Any], vae_link: dict[str, str],
     train_config: dict[str, Any], **extra: Any,
@@ -216,7 +244,8 @@ def load_diffusion(path: str | os.PathLike) -> tuple[torch.nn.Module, Any, dict[
 def find_vae(
     diffusion_path: str | os.PathLike, record: dict[str, Any], vae_path: str | None = None
 ) -> tuple[torch.nn.Module, Path]:
-    """The VAE a diffusion checkpoint was trained on, checked by content hash.
+    """The VAE a diffusion checkpoint was trained on, checked by content hash; a decoder
+    fine-tune of it also fits (same encoder and latent statistics, see ``fits_link``).
 
     Looks at ``vae_path`` if given, else the recorded path (as written, then relative to the
     diffusion checkpoint's folder), else a file of the recorded name beside the checkpoint.
@@ -232,9 +261,9 @@ def find_vae(
         candidates = [recorded, here / recorded, here / recorded.name]
     for candidate in candidates:
         if candidate.is_file():
-            vae, _ = load_vae(candidate)
-            found = content_hash(vae.state_dict())
-            if found != link["sha256"]:
+            vae, vae_record = load_vae(candidate)
+            if not fits_link(vae, vae_record, link):
+                found = content_hash(vae.state_dict())
                 raise CatdogError(
                     f"VAE {candidate} does not match diffusion checkpoint {diffusion_path} (it was "
                     f"trained on VAE {link['sha256'][:12]}, this one is {found[:12]})"
@@ -277,7 +306,7 @@ def find_guide(
     mismatch = [
         what
         for what, a, b in (
-            ("VAE", guide_record["vae"]["sha256"], record["vae"]["sha256"]),
+            ("VAE", *_latent_ids(guide_record["vae"], record["vae"])),
             ("noise schedule", guide_record["schedule_config"], record["schedule_config"]),
             (
                 "latent shape",
@@ -294,6 +323,13 @@ def find_guide(
             + ", ".join(mismatch)
         )
     return guide, {**link, "file": str(path)}
+
+
+def _latent_ids(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str]:
+    """What to compare of two VAE links: the latent hashes where both have one (a VAE and its
+    decoder fine-tunes share it), else the content hashes."""
+    key = "latent_sha256" if "latent_sha256" in a and "latent_sha256" in b else "sha256"
+    return a[key], b[key]
 
 
 def resolve_guidance(guidance: float | None, guide_link: dict[str, Any]) -> float:

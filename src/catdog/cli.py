@@ -78,8 +78,21 @@ def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         choices=sorted(VAE_PRESETS),
-        default="cpu",
-        help="named config preset (default: cpu)",
+        default=None,
+        help="named config preset (default: cpu, or decoder with --finetune-decoder)",
+    )
+    g = parser.add_argument_group(
+        "decoder fine-tuning",
+        "train only the decoder of a trained VAE: the latent space stays the same, so diffusion "
+        "models trained on that VAE still fit the result",
+    )
+    _flag(g, "finetune-decoder", metavar="VAE_PATH", help="the trained VAE to start from")
+    _flag(
+        g,
+        "latent-noise",
+        type=float,
+        help="std of noise added to the decoder's input, in normalised latent units "
+        f"(default: {VAE_PRESETS['decoder']['latent_noise']} with the decoder preset)",
     )
     g = parser.add_argument_group("data")
     _flag(g, "data-dir", help=f"STL-10 root or a folder with cat/ and dog/ (default: {d.data_dir})")
@@ -223,7 +236,8 @@ def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
 
 def vae_config_from_args(args: argparse.Namespace) -> VAETrainConfig:
     """The preset, overridden by every flag the user set."""
-    base = to_dict(vae_preset(args.preset))
+    preset = args.preset or ("decoder" if args.finetune_decoder else "cpu")
+    base = to_dict(vae_preset(preset))
     o: dict[str, Any] = {"data": {}, "model": {}, "losses": {t: {} for t in LOSS_TERMS}}
     for key in ("data_dir", "dataset", "train_split", "val_split", "val_limit", "color_jitter"):
         if getattr(args, key) is not None:
@@ -247,6 +261,7 @@ def vae_config_from_args(args: argparse.Namespace) -> VAETrainConfig:
     for key in (
         "epochs", "batch_size", "lr", "disc_lr", "lr_schedule", "seed", "save_dir", "vgg_weights",
         "eval_every", "viz_every", "checkpoint_every", "max_minutes", "stop_at_epoch",
+        "finetune_decoder", "latent_noise",
     ):  # fmt: skip
         if getattr(args, key) is not None:
             o[key] = getattr(args, key)
@@ -272,6 +287,8 @@ def _check_vae_config(cfg: VAETrainConfig) -> None:
             raise CatdogError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if cfg.lr <= 0:
         raise CatdogError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.latent_noise < 0:
+        raise CatdogError(f"--latent-noise must be 0 or more, got {cfg.latent_noise}")
     if cfg.model.image_size % 2 ** (len(cfg.model.channels) - 1):
         raise CatdogError(
             f"image size {cfg.model.image_size} is not divisible by the VAE's downsampling "
@@ -655,13 +672,19 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
         "--guidance", type=float, default=None,
         help="the guidance scale recorded with the guide (generation's default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--vae-path", default=None,
+        help="the VAE to ship: the one the model was trained on, or a decoder fine-tune of it "
+        "(train-vae --finetune-decoder); default: the recorded one",
+    )  # fmt: skip
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_pair
 
     paths = export_pair(args.model_path, args.output, data_dir=args.data_dir,
-                        guide_path=args.guide_path, guidance=args.guidance)  # fmt: skip
+                        guide_path=args.guide_path, guidance=args.guidance,
+                        vae_path=args.vae_path)  # fmt: skip
     print("wrote " + ", ".join(f"{p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in paths))
 
 

@@ -137,6 +137,10 @@ class VAETrainConfig:
     stop_at_epoch: int | None = None  # stop (resumably) after this epoch
     progress: bool = True
     runtime: RuntimeConfig = field(default_factory=lambda: RuntimeConfig(lr_base_batch=32))
+    # Decoder fine-tuning: train only the decoder of this trained VAE. Its encoder, latent
+    # statistics and latent heads stay as they are, so diffusion models trained on it still fit.
+    finetune_decoder: str | None = None
+    latent_noise: float = 0.0  # decoder fine-tuning: std of noise on its input (normalised units)
 
 
 @dataclass
@@ -272,6 +276,16 @@ VAE_PRESETS: dict[str, dict[str, Any]] = {
         "model": {"channels": (64, 128, 256), "blocks_per_level": 2},
         "disc": {"channels": (64, 128, 256)},
         "batch_size": 64,
+    },
+    # Decoder fine-tuning (--finetune-decoder) of a trained VAE: L1 + VGG at a low constant
+    # learning rate, no adversarial term, noise on the latents (docs/design.md, "Decoder
+    # fine-tuning").
+    "decoder": {
+        "losses": {"adv": {"weight": 0.0}},
+        "epochs": 30,
+        "lr": 1e-4,
+        "lr_schedule": "constant",
+        "latent_noise": 0.1,
     },
 }
 

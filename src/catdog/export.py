@@ -17,13 +17,14 @@ GUIDE_FILE = "catdog_guide.safetensors"
 
 def export_pair(
     diffusion_path: str | os.PathLike, out_dir: str | os.PathLike, *, data_dir: str | None = None,
-    guide_path: str | None = None, guidance: float | None = None,
+    guide_path: str | None = None, guidance: float | None = None, vae_path: str | None = None,
 ) -> list[Path]:  # fmt: skip
     """Write ``catdog_vae.safetensors`` and ``catdog_diffusion.safetensors`` into ``out_dir``,
     and ``catdog_guide.safetensors`` where the model has a guide (the one recorded by training,
     or ``guide_path``; "none" for none): the weaker model that autoguidance uses, linked from the
     diffusion file with the scale it was tuned for (``guidance``, default the recorded one), so
-    that generation uses it by default.
+    that generation uses it by default. ``vae_path`` ships another VAE than the recorded one:
+    it must fit the model (``checkpoint.fits_link``), e.g. a decoder fine-tune of it.
 
     The diffusion file links its VAE by the content hash of the VAE *as it loads from the fp16
     file*, so the pair checks itself exactly like the training checkpoints do. The latent map
@@ -32,7 +33,7 @@ def export_pair(
     from .visualize import LatentMap
 
     unet, schedule, record = checkpoint.load_diffusion(diffusion_path)
-    vae, vae_path = checkpoint.find_vae(diffusion_path, record)
+    vae, vae_path = checkpoint.find_vae(diffusion_path, record, vae_path)
     guide, guide_link = checkpoint.find_guide(diffusion_path, record, guide_path)  # checks it fits
     if guide is None and guidance is not None:
         raise CatdogError("a guidance scale is recorded with a guide, and this export has none")
@@ -49,8 +50,7 @@ def export_pair(
     latent_map = LatentMap.fit(
         shipped_vae.normalize_latent(encode_means(shipped_vae, held_out.images)), held_out.labels
     )
-    link = {"sha256": checkpoint.content_hash(shipped_vae.state_dict()), "path": VAE_FILE,
-            "shipped": True}  # fmt: skip
+    link = {**checkpoint.vae_link(shipped_vae, VAE_FILE), "shipped": True}
     payload = checkpoint.payload_of(record, "vae", "guide")
     written = [vae_file, diffusion_file]
     if guide is not None:

@@ -29,46 +29,33 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, distributed, viz
 from .config import DiffusionTrainConfig, to_dict
-from .data import balanced_subset, load_split, random_resized_crops, to_float
+from .data import balanced_subset, load_split, random_resized_crops
 from .diffusion import NoiseSchedule
 from .ema import EMA
 from .errors import CatdogError
 from .generate import decode_latents, sample_latents
 from .models.unet import UNet
 from .runs import prepare_run, write_metrics
-from .train_vae import encode_means
+from .train_vae import encode_means, encode_training_set
 
 FINAL, STATE, LATENTS = "conditional_diffusion_final.pt", "diffusion_train_state.pt", "latents.pt"
 GUIDE = "guide.pt"  # the early EMA snapshot that autoguidance uses
 CURVE_KEYS = ["loss", "train_x0_mse", "val_x0_mse", "latents_per_s"]
 
 
-@torch.no_grad()
-def encode_training_set(vae: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Posterior (mean, logvar) of every image and of its mirror image: rows [0, N) as given,
-    [N, 2N) flipped."""
-    means, logvars = [], []
-    for flip in (False, True):
-        for chunk in images.split(256):
-            x = to_float(chunk)
-            mean, logvar = vae.encode(x.flip(-1) if flip else x)
-            means.append(mean)
-            logvars.append(logvar)
-    return torch.cat(means), torch.cat(logvars)
-
-
-def _cache_key(cfg: DiffusionTrainConfig, vae_hash: str) -> dict[str, Any]:
-    return {"vae_sha256": vae_hash, "split": cfg.data.train_split, "crop_copies": cfg.crop_copies,
-            "crop_min_scale": cfg.crop_min_scale, "seed": cfg.seed}  # fmt: skip
+def _cache_key(cfg: DiffusionTrainConfig, latent_hash: str) -> dict[str, Any]:
+    return {"vae_latent_sha256": latent_hash, "split": cfg.data.train_split,
+            "crop_copies": cfg.crop_copies, "crop_min_scale": cfg.crop_min_scale,
+            "seed": cfg.seed}  # fmt: skip
 
 
 def load_or_cache_latents(
-    cfg: DiffusionTrainConfig, vae: torch.nn.Module, vae_hash: str, *, write: bool = True
+    cfg: DiffusionTrainConfig, vae: torch.nn.Module, latent_hash: str, *, write: bool = True
 ) -> dict[str, torch.Tensor]:
     """The encoded training set: each image and its mirror, then ``crop_copies`` random crops of
     each (with their mirrors), cached in the run folder under a key of everything it depends on."""
     path = Path(cfg.save_dir) / LATENTS
-    key = _cache_key(cfg, vae_hash)
+    key = _cache_key(cfg, latent_hash)
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
         if all(cached.get(k) == v for k, v in key.items()):
@@ -180,12 +167,12 @@ def train_on(
     if cfg.latent_sampling not in ("posterior", "mean"):
         raise CatdogError(f"latent_sampling must be posterior or mean, not {cfg.latent_sampling!r}")
     save_dir = Path(cfg.save_dir)
-    vae, _ = checkpoint.load_vae(cfg.vae_path)
+    vae, vae_record = checkpoint.load_vae(cfg.vae_path)
     if not bool(vae.has_latent_stats):
         raise CatdogError(f"VAE {cfg.vae_path} has no latent statistics (an unfinished run?)")
-    vae_hash = checkpoint.content_hash(vae.state_dict())
-    if state is not None and state["vae"]["sha256"] != vae_hash:
+    if state is not None and not checkpoint.fits_link(vae, vae_record, state["vae"]):
         raise CatdogError(f"VAE {cfg.vae_path} is not the one this diffusion run was trained on")
+    vae_link = checkpoint.vae_link(vae, str(Path(cfg.vae_path).resolve()))
     if (vae.cfg.latent_channels, vae.cfg.latent_size) != (
         cfg.unet.latent_channels,
         cfg.unet.latent_size,
@@ -199,7 +186,7 @@ def train_on(
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     data_rng = torch.Generator().manual_seed(cfg.seed + 1)  # shared by all ranks, see above
-    latents = load_or_cache_latents(cfg, vae, vae_hash, write=rt.is_main)
+    latents = load_or_cache_latents(cfg, vae, vae_link["latent_sha256"], write=rt.is_main)
     schedule = NoiseSchedule(cfg.schedule)
     unet = UNet(cfg.unet)
     ema = EMA(unet, cfg.ema_decay)
@@ -221,7 +208,6 @@ def train_on(
     model = rt.wrap(unet)
     if rt.is_main:
         checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
-    vae_link = {"sha256": vae_hash, "path": str(Path(cfg.vae_path).resolve())}
 
     def save_state(epoch: int) -> None:
         checkpoint.save(save_dir / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE, {

@@ -67,6 +67,20 @@ def encode_means(vae: VAE, images: torch.Tensor, batch_size: int = 256) -> torch
 
 
 @torch.no_grad()
+def encode_training_set(vae: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Posterior (mean, logvar) of every image and of its mirror image: rows [0, N) as given,
+    [N, 2N) flipped."""
+    means, logvars = [], []
+    for flip in (False, True):
+        for chunk in images.split(256):
+            x = to_float(chunk)
+            mean, logvar = vae.encode(x.flip(-1) if flip else x)
+            means.append(mean)
+            logvars.append(logvar)
+    return torch.cat(means), torch.cat(logvars)
+
+
+@torch.no_grad()
 def evaluate(vae: VAE, train: ImageSet, val: ImageSet, seed: int) -> tuple[dict[str, float], Any]:
     """Held-out PSNR (decoding posterior means), linear-probe accuracy, and training-set means."""
     was_training = vae.training
@@ -140,6 +154,23 @@ def train_on(
         )
     )
     save_dir = Path(cfg.save_dir)
+    source = None  # decoder fine-tuning: the trained VAE whose decoder is trained on
+    decoder_only = cfg.finetune_decoder is not None
+    if decoder_only:
+        decoder_of = state["decoder_of"] if state is not None else None
+        if state is None:
+            source, source_record = checkpoint.load_vae(cfg.finetune_decoder)
+            if not bool(source.has_latent_stats):
+                raise CatdogError(f"VAE {cfg.finetune_decoder} has no latent statistics")
+            cfg.model = source.cfg  # the architecture is the source's
+            cfg.data.image_size = source.cfg.image_size  # and the data follows it
+            decoder_of = {
+                "sha256": checkpoint.content_hash(source.state_dict()),
+                "latent_sha256": checkpoint.latent_hash(source.state_dict()),
+                "path": str(Path(cfg.finetune_decoder).resolve()),
+            }
+    elif cfg.latent_noise:
+        raise CatdogError("--latent-noise is for decoder fine-tuning (--finetune-decoder)")
     if cfg.model.image_size != cfg.data.image_size:
         raise CatdogError(
             f"model image_size {cfg.model.image_size} != data image_size {cfg.data.image_size}"
@@ -153,12 +184,18 @@ def train_on(
         raise CatdogError("the held-out split must be labelled (cat/dog), not 'unlabeled'")
 
     vae = VAE(cfg.model)
+    if source is not None:
+        vae.load_state_dict(source.state_dict())
+    if decoder_only:  # the encoder side stays fixed: the latent space is the source's
+        vae.requires_grad_(False)
+        vae.decoder.requires_grad_(True)
+    trained = vae.decoder if decoder_only else vae
     losses = cfg.losses
     disc = PatchDiscriminator(cfg.disc) if losses.ever_on("adv") else None
     betas = (0.5, 0.9)
     base_lr = distributed.effective_lr(cfg.runtime, cfg.lr, cfg.batch_size)
     disc_base_lr = distributed.effective_lr(cfg.runtime, cfg.disc_lr, cfg.batch_size)
-    opt = torch.optim.AdamW(vae.parameters(), lr=base_lr, betas=betas, weight_decay=0.0)
+    opt = torch.optim.AdamW(trained.parameters(), lr=base_lr, betas=betas, weight_decay=0.0)
     disc_opt = (
         torch.optim.AdamW(disc.parameters(), lr=disc_base_lr, betas=betas, weight_decay=0.0)
         if disc is not None
@@ -208,11 +245,17 @@ def train_on(
             for key, tensor in value.items():
                 if torch.is_tensor(tensor) and key != "step":
                     value[key] = tensor.to(device)
-    generator_terms = rt.wrap(GeneratorTerms(vae))
+    # Decoder fine-tuning decodes posterior samples of the fixed encoder, cached for every
+    # training image and its mirror (rows as in the VGG cache) while augmentation is a flip.
+    posterior = None
+    if decoder_only and cfg.data.color_jitter == 0:
+        posterior = encode_training_set(vae, train_set.images)
+    generator_terms = rt.wrap(vae.decoder if decoder_only else GeneratorTerms(vae))
     disc_model = rt.wrap(disc) if disc is not None else None
     if rt.is_main:
         checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
 
+    lineage = {"decoder_of": decoder_of} if decoder_only else {}
     n = len(train_set)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -235,6 +278,7 @@ def train_on(
                 "best_psnr": best_psnr,
                 "rng": torch.get_rng_state(),
                 "data_rng": data_rng.get_state(),
+                **lineage,
             },
         )
 
@@ -269,6 +313,11 @@ def train_on(
                 color_jitter=cfg.data.color_jitter,
             )
             eps_all = torch.randn((len(index), *latent_shape), generator=data_rng)
+            noise_all = (
+                cfg.latent_noise * torch.randn(eps_all.shape, generator=data_rng)
+                if cfg.latent_noise
+                else torch.zeros_like(eps_all)
+            )
             use_adv = weights["adv"] > 0 and disc is not None
             slices = rt.local_slices(len(index), accum)
             opt.zero_grad(set_to_none=True)
@@ -277,15 +326,23 @@ def train_on(
                 sync = k == len(slices) - 1
                 x = x_all[part].to(device).contiguous(memory_format=memory_format)
                 labels = train_set.labels[index[part]].to(device)
-                with rt.no_sync(generator_terms, sync), rt.autocast():
-                    recon, mean, logvar, logits, center = generator_terms(
-                        x, labels, eps_all[part].to(device)
-                    )
-                recon = recon.float()
-                terms = {"rec": F.l1_loss(recon, x), "cls": classifier_loss(logits.float(), labels),
-                         "center": center.float()}  # fmt: skip
-                if weights["kl"] > 0:
-                    terms["kl"] = kl_divergence(mean.float(), logvar.float())
+                if decoder_only:
+                    rows = index[part] + n * flipped_all[part].long()
+                    z = _decoder_input(vae, posterior, x, rows, eps_all[part], noise_all[part])
+                    with rt.no_sync(generator_terms, sync), rt.autocast():
+                        recon = generator_terms(z.contiguous(memory_format=memory_format)).float()
+                    terms = {"rec": F.l1_loss(recon, x)}
+                else:
+                    with rt.no_sync(generator_terms, sync), rt.autocast():
+                        recon, mean, logvar, logits, center = generator_terms(
+                            x, labels, eps_all[part].to(device)
+                        )
+                    recon = recon.float()
+                    terms = {"rec": F.l1_loss(recon, x),
+                             "cls": classifier_loss(logits.float(), labels),
+                             "center": center.float()}  # fmt: skip
+                    if weights["kl"] > 0:
+                        terms["kl"] = kl_divergence(mean.float(), logvar.float())
                 if weights["vgg"] > 0 and perceptual is not None:
                     if vgg_cache is not None:
                         rows = index[part] + n * flipped_all[part].long()
@@ -310,7 +367,7 @@ def train_on(
                     sums[key] = sums.get(key, 0.0) + value.item() * len(x)
                 seen += len(x)
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip)
             opt.step()
 
             if use_adv:
@@ -354,14 +411,12 @@ def train_on(
                     vae, train_set, val_set, cfg.seed
                 )
                 record.update(scores)
-                vae.set_latent_stats(train_means)
+                if not decoder_only:  # a fine-tuned decoder keeps the source's statistics
+                    vae.set_latent_stats(train_means)
                 if scores["val_psnr"] > best_psnr:
                     best_psnr = scores["val_psnr"]
-                    checkpoint.save(
-                        save_dir / BEST,
-                        checkpoint.KIND_VAE,
-                        checkpoint.vae_payload(vae, to_dict(cfg), epoch=epoch, metrics=record),
-                    )
+                    checkpoint.save(save_dir / BEST, checkpoint.KIND_VAE, checkpoint.vae_payload(
+                        vae, to_dict(cfg), epoch=epoch, metrics=record, **lineage))  # fmt: skip
                 if epoch % cfg.viz_every == 0 or last or stopping:
                     _save_pictures(save_dir, epoch, val_set, val_means, recon, cfg.seed)
             history.append(record)
@@ -374,11 +429,8 @@ def train_on(
             if cfg.progress:
                 tqdm.write(f"epoch {epoch}: {summary}")
             if last:
-                checkpoint.save(
-                    save_dir / FINAL,
-                    checkpoint.KIND_VAE,
-                    checkpoint.vae_payload(vae, to_dict(cfg), epoch=epoch, metrics=record),
-                )
+                checkpoint.save(save_dir / FINAL, checkpoint.KIND_VAE, checkpoint.vae_payload(
+                    vae, to_dict(cfg), epoch=epoch, metrics=record, **lineage))  # fmt: skip
             if epoch % cfg.checkpoint_every == 0 or last or stopping:
                 save_state(epoch)
         rt.broadcast_buffers(vae)  # the latent statistics rank 0 just computed
@@ -387,6 +439,25 @@ def train_on(
                 tqdm.write(f"stopped after epoch {epoch}; continue with --resume")
             break
     return record, vae
+
+
+def _decoder_input(
+    vae: VAE,
+    posterior: tuple[torch.Tensor, torch.Tensor] | None,
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    eps: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """Decoder fine-tuning's input: a posterior sample of the fixed encoder (cached ``rows``, or
+    encoded now) plus ``noise``, given in normalised latent units."""
+    if posterior is not None:
+        mean, logvar = (p[rows].to(x.device) for p in posterior)
+    else:
+        with torch.no_grad():
+            mean, logvar = vae.encode(x)
+    eps, noise = eps.to(x.device), noise.to(x.device)
+    return mean + torch.exp(0.5 * logvar) * eps + vae.latent_std[:, None, None] * noise
 
 
 def _save_pictures(
