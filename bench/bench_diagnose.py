@@ -51,7 +51,7 @@ def main() -> None:
     start = time.perf_counter()
     defaults = EvaluateConfig()
     unet, schedule, record = checkpoint.load_diffusion(args.model_path)
-    vae, _ = checkpoint.find_vae(args.model_path, record)
+    vae, _ = checkpoint.find_vae(args.model_path, record, args.vae_path)
     guide, link = checkpoint.find_guide(args.model_path, record, args.guide_path)
     guidance = checkpoint.resolve_guidance(None, link)
     kind = "autoguidance" if guide is not None else "guidance"
@@ -100,6 +100,7 @@ def main() -> None:
     print(f"denoising error: train {errors['train']:.4f}, held-out {errors['held_out']:.4f}")
     append_record("diagnostics.jsonl", {
         **record_header(), "label": args.label, "model_path": args.model_path,
+        "vae_path": args.vae_path,
         "num_per_class": args.num_per_class, "rows": rows, "denoising_error": errors,
         "seconds": round(time.perf_counter() - start, 1),
     })  # fmt: skip

@@ -58,6 +58,7 @@ def main() -> None:
             steps=steps,
             guidance=scale,
             guide_path=args.guide_path,
+            vae_path=args.vae_path,
             inception_weights=args.inception_weights,
             cache_dir=args.cache_dir,
             reference_points=not args.no_reference_points,

@@ -60,3 +60,8 @@ def add_scoring_args(parser: argparse.ArgumentParser, num_per_class: int) -> Non
         "--guide-path", default=None,
         help="weaker model for autoguidance; 'none' = classifier-free (default: the recorded one)",
     )  # fmt: skip
+    parser.add_argument(
+        "--vae-path", default=None,
+        help="the VAE to decode with: the recorded one or a decoder fine-tune of it (default: "
+        "the recorded one)",
+    )  # fmt: skip
