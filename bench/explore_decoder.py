@@ -7,9 +7,10 @@ test split, on 100 test photos per class:
 - ``noisy0.1``: the same latents with 0.1 std of noise (normalised units) added;
 - ``samples``: 200 latents sampled once by the shipped model (autoguidance 3, DPM-Solver++ 20).
 
-A one-off script, kept as it ran (paths of the development machine; run from the repository
-root); its results are in bench/results/decoder_explore.jsonl. The packaged feature is
-``catdog train-vae --finetune-decoder``, measured by bench_diagnose and bench_quality.
+A one-off script, kept as it ran for runs C and D (paths of the development machine; run from
+the repository root; the earlier runs also stepped the discriminator when --adv 0, which does
+not touch the decoder); its results are in bench/results/decoder_explore.jsonl. The packaged
+feature is ``catdog train-vae --finetune-decoder``, measured by bench_diagnose and bench_quality.
 
     python bench/explore_decoder.py --adv 0 --noise 0.1 --minutes 12 --out runs/dec/B
 """

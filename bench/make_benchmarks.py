@@ -128,6 +128,30 @@ def diagnostics_section(out: list[str]) -> None:
     out.append("")
 
 
+def decoder_section(out: list[str]) -> None:
+    title = "Decoder fine-tuning exploration (`bench/explore_decoder.py`)"
+    rows = section(out, title, "decoder_explore.jsonl")
+    if not rows:
+        return
+    out.append(
+        "Only the shipped VAE's decoder trained on (the latent space fixed), scored by KIDx1000 "
+        "against the test split on 100 test photos per class: reconstructions, latents with "
+        "0.1 noise, and 200 fixed samples of the shipped model decoded. The packaged result is "
+        "`train-vae --finetune-decoder` (the diagnostics above).\n"
+    )
+    out.append("| run | steps | reconstruction | noisy latents | samples |")
+    out.append("|---|---|---|---|---|")
+    for r in rows:
+        start, end = r["kid_x1000"][0], r["kid_x1000"][-1]
+        steps = end["tag"].rsplit(" ", 1)[-1]
+        cells = [f"{start[k]:.1f} → {end[k]:.1f}" for k in ("recon", "noisy0.1", "samples")]
+        out.append(f"| {r['label']} | {steps} | " + " | ".join(cells) + " |")
+    out.append("")
+    for r in rows:
+        out.append(f"- {provenance(r)}")
+    out.append("")
+
+
 def speed_section(out: list[str]) -> None:
     title = "Sampling speed against step count (images/s, decoding included)"
     rows = section(out, title, "diffusion_speed.jsonl")
@@ -228,6 +252,7 @@ def main() -> None:
     ]
     quality_section(out)
     diagnostics_section(out)
+    decoder_section(out)
     demo_section(out)
     speed_section(out)
     training_section(out)
