@@ -86,7 +86,12 @@ def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
         "train only the decoder of a trained VAE: the latent space stays the same, so diffusion "
         "models trained on that VAE still fit the result",
     )
-    _flag(g, "finetune-decoder", metavar="VAE_PATH", help="the trained VAE to start from")
+    _flag(
+        g,
+        "finetune-decoder",
+        metavar="VAE_PATH",
+        help="the trained VAE to start from (its architecture is used; model flags are ignored)",
+    )
     _flag(
         g,
         "latent-noise",
