@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,17 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
         json.loads(line)["epoch"] for line in (split / "metrics.jsonl").read_text().splitlines()
     ]
     assert epochs == [1, 2, 3]
+
+
+def test_a_copied_run_folder_resumes_in_place_and_leaves_the_original_alone(tiny_data, tmp_path):
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    train(tiny_cfg(tiny_data, original, epochs=2, stop_at_epoch=1))
+    before = {p.name: p.read_bytes() for p in original.iterdir() if p.is_file()}
+    shutil.copytree(original, copy)
+    train(tiny_cfg(tiny_data, copy, epochs=2), resume=True)
+    assert (copy / FINAL).is_file()
+    assert json.loads((copy / "config.json").read_text())["save_dir"] == str(copy)
+    assert {p.name: p.read_bytes() for p in original.iterdir() if p.is_file()} == before
 
 
 def test_new_run_never_overwrites_and_resume_needs_a_run(tiny_data, tmp_path):

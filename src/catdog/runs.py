@@ -13,7 +13,8 @@ from .errors import CatdogError
 
 T = TypeVar("T")
 # Fields a resumed run takes from the command line; everything else comes from the saved run.
-RUN_CONTROL_FIELDS = ("epochs", "max_minutes", "stop_at_epoch", "progress", "runtime")
+# save_dir is among them: a copied or moved run folder resumes where it is now.
+RUN_CONTROL_FIELDS = ("save_dir", "epochs", "max_minutes", "stop_at_epoch", "progress", "runtime")
 
 
 def prepare_run(
