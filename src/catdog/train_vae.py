@@ -156,19 +156,15 @@ def train_on(
     save_dir = Path(cfg.save_dir)
     source = None  # decoder fine-tuning: the trained VAE whose decoder is trained on
     decoder_only = cfg.finetune_decoder is not None
-    if decoder_only:
-        decoder_of = state["decoder_of"] if state is not None else None
-        if state is None:
-            source, source_record = checkpoint.load_vae(cfg.finetune_decoder)
-            if not bool(source.has_latent_stats):
-                raise CatdogError(f"VAE {cfg.finetune_decoder} has no latent statistics")
-            cfg.model = source.cfg  # the architecture is the source's
-            cfg.data.image_size = source.cfg.image_size  # and the data follows it
-            decoder_of = {
-                "sha256": checkpoint.content_hash(source.state_dict()),
-                "latent_sha256": checkpoint.latent_hash(source.state_dict()),
-                "path": str(Path(cfg.finetune_decoder).resolve()),
-            }
+    if decoder_only and state is not None:
+        decoder_of = state["decoder_of"]
+    elif decoder_only:
+        source, _ = checkpoint.load_vae(cfg.finetune_decoder)
+        if not bool(source.has_latent_stats):
+            raise CatdogError(f"VAE {cfg.finetune_decoder} has no latent statistics")
+        cfg.model = source.cfg  # the architecture is the source's
+        cfg.data.image_size = source.cfg.image_size  # and the data follows it
+        decoder_of = checkpoint.vae_link(source, str(Path(cfg.finetune_decoder).resolve()))
     elif cfg.latent_noise:
         raise CatdogError("--latent-noise is for decoder fine-tuning (--finetune-decoder)")
     if cfg.model.image_size != cfg.data.image_size:
