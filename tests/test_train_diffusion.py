@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from catdog import checkpoint
-from catdog.config import ScheduleConfig
+from catdog.config import DiffusionTrainConfig, ScheduleConfig
 from catdog.data import load_folder, to_float
 from catdog.diffusion import NoiseSchedule
 from catdog.errors import CatdogError
@@ -17,6 +17,7 @@ from catdog.train_diffusion import (
     LATENTS,
     STATE,
     denoising_error,
+    learning_rate,
     load_or_cache_latents,
     train,
 )
@@ -110,6 +111,36 @@ def test_resume_continues_exactly(tiny_data, tiny_vae, tmp_path):
     a = checkpoint.load(tmp_path / "a" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
     b = checkpoint.load(tmp_path / "b" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learning_rate_warms_up_stays_constant_then_cools_down_to_near_zero():
+    cfg = DiffusionTrainConfig(epochs=10, cooldown_epochs=4, lr_warmup_steps=10)
+    assert learning_rate(cfg, 1.0, step=0, epochs_done=0.0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 1.0, step=50, epochs_done=5.9) == 1.0
+    assert learning_rate(cfg, 1.0, step=60, epochs_done=6.0) == 1.0  # the cooldown starts here
+    assert learning_rate(cfg, 1.0, step=70, epochs_done=8.0) == pytest.approx(0.5)
+    last = learning_rate(cfg, 1.0, step=99, epochs_done=9.9)  # last step of 10 per epoch
+    assert 0 < last == pytest.approx(0.025)
+    cfg.cooldown_epochs = 0
+    assert learning_rate(cfg, 1.0, step=99, epochs_done=9.9) == 1.0
+
+
+def test_a_resumed_run_takes_its_cooldown_from_the_command_line(tiny_data, tiny_vae, tmp_path):
+    """Warmup-stable-decay: a constant-rate run, resumed with more epochs and a cooldown, ends
+    with the rate falling towards 0; the epochs before it are untouched."""
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, epochs=2, lr_warmup_steps=1))
+    before = [r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open())]
+    cfg = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, epochs=4, cooldown_epochs=2)
+    train(cfg, resume=True)
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    rates = [r["lr"] for r in history]
+    assert rates[:2] == before and len(rates) == 4
+    assert 0 < rates[3] < rates[2] < rates[1]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["epochs"], saved["cooldown_epochs"]) == (4, 2)
+    with pytest.raises(CatdogError, match="cooldown epochs must be in 0..4"):
+        train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "bad", epochs=4,
+                                 cooldown_epochs=5))  # fmt: skip
 
 
 def test_vae_without_statistics_or_of_another_shape_is_refused(tiny_data, tiny_vae, tmp_path):

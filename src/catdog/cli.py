@@ -384,6 +384,11 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "batch-size", type=int, help=f"batch size (default: {d.batch_size})")
     _flag(parser, "lr", type=float, help=f"learning rate (default: {d.lr})")
     _flag(
+        parser, "cooldown-epochs", type=int,
+        help="over the run's last N epochs the learning rate falls linearly to 0; given again "
+        f"with --resume, like --epochs (default: {d.cooldown_epochs})",
+    )  # fmt: skip
+    _flag(
         parser,
         "ema-decay",
         type=float,
@@ -466,6 +471,7 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
         "epochs",
         "batch_size",
         "lr",
+        "cooldown_epochs",
         "ema_decay",
         "guide_step",
         "guide_guidance",

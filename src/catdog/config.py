@@ -190,6 +190,10 @@ class DiffusionTrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     lr_warmup_steps: int = 200
+    # The learning rate is constant after the warm-up, except over the run's last
+    # cooldown_epochs, where it falls linearly to 0 (warmup-stable-decay, Hagele et al. 2024).
+    # A run-control field, like epochs: a constant-rate run can be resumed with a cooldown.
+    cooldown_epochs: int = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     # Autoguidance (Karras et al. 2024) for free: the EMA weights after guide_step steps are

@@ -14,7 +14,10 @@ from .errors import CatdogError
 T = TypeVar("T")
 # Fields a resumed run takes from the command line; everything else comes from the saved run.
 # save_dir is among them: a copied or moved run folder resumes where it is now.
-RUN_CONTROL_FIELDS = ("save_dir", "epochs", "max_minutes", "stop_at_epoch", "progress", "runtime")
+# cooldown_epochs (diffusion) too: the end of the learning-rate schedule is set with the end of
+# the run.
+RUN_CONTROL_FIELDS = ("save_dir", "epochs", "cooldown_epochs", "max_minutes", "stop_at_epoch",
+                      "progress", "runtime")  # fmt: skip
 
 
 def prepare_run(
@@ -32,7 +35,8 @@ def prepare_run(
             raise CatdogError(f"nothing to resume: {state_path} does not exist")
         state = checkpoint.load(state_path, state_kind)
         saved = from_dict(type(cfg), state["train_config"])
-        return replace(saved, **{name: getattr(cfg, name) for name in RUN_CONTROL_FIELDS}), state
+        given = {name: getattr(cfg, name) for name in RUN_CONTROL_FIELDS if hasattr(cfg, name)}
+        return replace(saved, **given), state
     if state_path.exists() or (save_dir / final_name).exists():
         raise CatdogError(
             f"{save_dir} already holds a {what} run; pass --resume to continue it, or choose "

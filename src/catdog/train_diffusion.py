@@ -150,6 +150,20 @@ def train(cfg: DiffusionTrainConfig, *, resume: bool = False) -> dict[str, Any]:
         return train_on(rt, cfg, resume)[0]
 
 
+def learning_rate(
+    cfg: DiffusionTrainConfig, base_lr: float, step: int, epochs_done: float
+) -> float:
+    """The rate for optimiser step ``step`` (0-based), taken ``epochs_done`` (fractional) epochs
+    into the run: linear warm-up over ``lr_warmup_steps``, then constant, then over the last
+    ``cooldown_epochs`` a linear fall towards 0 (warmup-stable-decay). The last step of the run
+    still has a positive rate."""
+    lr = base_lr * min(1.0, (step + 1) / cfg.lr_warmup_steps)
+    cooldown_start = cfg.epochs - cfg.cooldown_epochs
+    if cfg.cooldown_epochs > 0 and epochs_done >= cooldown_start:
+        lr *= 1.0 - (epochs_done - cooldown_start) / cfg.cooldown_epochs
+    return lr
+
+
 def train_on(
     rt: distributed.Runtime, cfg: DiffusionTrainConfig, resume: bool = False
 ) -> tuple[dict[str, Any], torch.nn.Module]:
@@ -166,6 +180,9 @@ def train_on(
     )
     if cfg.latent_sampling not in ("posterior", "mean"):
         raise CatdogError(f"latent_sampling must be posterior or mean, not {cfg.latent_sampling!r}")
+    if not 0 <= cfg.cooldown_epochs <= cfg.epochs:
+        raise CatdogError(f"cooldown epochs must be in 0..{cfg.epochs} (the run's epochs), "
+                          f"got {cfg.cooldown_epochs}")  # fmt: skip
     save_dir = Path(cfg.save_dir)
     vae, vae_record = checkpoint.load_vae(cfg.vae_path)
     if not bool(vae.has_latent_stats):
@@ -255,9 +272,9 @@ def train_on(
         batches = list(perm.split(cfg.batch_size))
         if drop_last and len(batches[-1]) < cfg.batch_size:
             batches.pop()
-        for index in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                          disable=not (cfg.progress and rt.is_main)):  # fmt: skip
-            lr = base_lr * min(1.0, (step + 1) / cfg.lr_warmup_steps)
+        for i, index in enumerate(tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                                       disable=not (cfg.progress and rt.is_main))):  # fmt: skip
+            lr = learning_rate(cfg, base_lr, step, epoch - 1 + i / len(batches))
             for group in opt.param_groups:
                 group["lr"] = lr
             # Per-sample randomness for the whole global batch, from the shared stream.
