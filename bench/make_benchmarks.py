@@ -152,6 +152,30 @@ def decoder_section(out: list[str]) -> None:
     out.append("")
 
 
+def guidance_section(out: list[str]) -> None:
+    title = "Guidance variants (`bench/explore_guidance.py`)"
+    rows = section(out, title, "guidance_explore.jsonl")
+    if not rows:
+        return
+    out.append(
+        "Sampler-side only: the same 100 seeds per class (DPM-Solver++ 20 unless `sN`), scored "
+        "against the whole test split. m = model, g = guide, c = class, 0 = null label. "
+        "`ag W`: m(c) + (W-1)(m(c) - g(c)), the shipped default at W = 3; `agnull W`: the guide "
+        "given the null label; `agcfg WA WC`: both the autoguidance and the classifier-free "
+        "term; `@LO-HI`: guidance only at timesteps LO..HI (Kynkäänniemi et al. 2024).\n"
+    )
+    out.append("| model | variant | KIDx1000 | FID | precision | recall | class acc. |")
+    out.append("|---|---|---|---|---|---|---|")
+    for r in rows:
+        cells = [f"{r['kid_x1000']:.1f}", f"{r['fid']:.1f}", f"{r['precision']:.3f}",
+                 f"{r['recall']:.3f}", f"{r['class_accuracy']:.3f}"]  # fmt: skip
+        out.append(f"| {r['label']} | `{r['variant']}` | " + " | ".join(cells) + " |")
+    out.append("")
+    for r in {r["command"]: r for r in rows}.values():
+        out.append(f"- {provenance(r)}")
+    out.append("")
+
+
 def speed_section(out: list[str]) -> None:
     title = "Sampling speed against step count (images/s, decoding included)"
     rows = section(out, title, "diffusion_speed.jsonl")
@@ -253,6 +277,7 @@ def main() -> None:
     quality_section(out)
     diagnostics_section(out)
     decoder_section(out)
+    guidance_section(out)
     demo_section(out)
     speed_section(out)
     training_section(out)
