@@ -193,3 +193,18 @@ def test_an_early_ema_snapshot_is_saved_as_the_guide_and_linked(tiny_data, tiny_
     train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "c", epochs=2, guide_step=0))
     assert not (tmp_path / "c" / GUIDE).exists()
     assert "guide" not in checkpoint.load(tmp_path / "c" / FINAL, checkpoint.KIND_DIFFUSION)
+
+
+def test_loss_curves_are_redrawn_at_checkpoints_only(tiny_data, tiny_vae, tmp_path, monkeypatch):
+    """metrics.jsonl is rewritten every epoch; the figure (slow to draw) at checkpoints and at
+    the end."""
+    from catdog import viz
+
+    drawn = []
+    draw = viz.save_loss_curves
+    monkeypatch.setattr(viz, "save_loss_curves", lambda p, rows, k: (drawn.append(len(rows)),
+                                                                     draw(p, rows, k)))  # fmt: skip
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, epochs=5, checkpoint_every=2))
+    assert drawn == [2, 4, 5]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5
+    assert (tmp_path / "loss_curves.png").is_file()

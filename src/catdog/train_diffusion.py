@@ -317,8 +317,9 @@ def train_on(
         )
         stopping = time_up or (cfg.stop_at_epoch is not None and epoch >= cfg.stop_at_epoch)
         last = epoch == cfg.epochs
+        checkpointing = epoch % cfg.checkpoint_every == 0 or last or stopping
         if rt.is_main:
-            if epoch % cfg.checkpoint_every == 0 or last or stopping:
+            if checkpointing:
                 for name, (x0, labels) in tracked.items():
                     record[f"{name}_x0_mse"] = denoising_error(ema.model, schedule, x0, labels,
                                                                seed=cfg.seed)  # fmt: skip
@@ -326,8 +327,8 @@ def train_on(
                 images = sample_grid(ema.model, vae, schedule, seed=cfg.seed, device=device)
                 viz.save_png(save_dir / "samples" / f"epoch_{epoch:04d}.png",
                              viz.image_grid(images, nrow=8), scale=2)  # fmt: skip
-            write_metrics(save_dir, history, CURVE_KEYS)
-            if epoch % cfg.checkpoint_every == 0 or last or stopping:
+            write_metrics(save_dir, history, CURVE_KEYS, curves=checkpointing)
+            if checkpointing:
                 save_final(epoch, record)  # usable weights at every checkpoint, not only the end
                 save_state(epoch)
             if cfg.progress and (epoch % 10 == 0 or last or stopping):

@@ -416,7 +416,8 @@ def train_on(
                 if epoch % cfg.viz_every == 0 or last or stopping:
                     _save_pictures(save_dir, epoch, val_set, val_means, recon, cfg.seed)
             history.append(record)
-            write_metrics(save_dir, history, CURVE_KEYS)
+            write_metrics(save_dir, history, CURVE_KEYS,
+                          curves=epoch % cfg.eval_every == 0 or last or stopping)  # fmt: skip
             summary = ", ".join(
                 f"{k} {record[k]:.4g}"
                 for k in ("loss_total", "loss_rec", "val_psnr", "probe_acc", "images_per_s")
