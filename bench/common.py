@@ -31,12 +31,16 @@ def machine() -> str:
 
 def record_header() -> dict:
     """Date, machine, exact command and commit of this run."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()  # fmt: skip
+    except OSError:  # no git (a bare device machine)
+        commit = ""
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "command": "python " + " ".join(sys.argv),
-        "commit": commit.stdout.strip(),
+        "commit": commit or "unknown",
     }
 
 

@@ -176,6 +176,19 @@ def guidance_section(out: list[str]) -> None:
     out.append("")
 
 
+def gpu_section(out: list[str]) -> None:
+    title = "The whole pipeline on one GPU (`bench/gpu_pipeline.py`)"
+    rows = section(out, title, "gpu_pipeline.jsonl",
+                   empty="No record yet: no session has been lent a GPU since the script was "
+                   "written. It is tested on the CPU with `--smoke` (tests/test_gpu_pipeline.py).")  # fmt: skip  # noqa: E501
+    for r in rows:
+        stages = ", ".join(f"{name} {s['seconds']:.0f} s" for name, s in r["stages"].items())
+        out.append(f"- **{r.get('gpu', r['machine'])}**: {r['total_seconds']:.0f} s in all "
+                   f"({stages}); weights {r.get('weights_mib', {})}. {provenance(r)}")  # fmt: skip
+    if rows:
+        out.append("")
+
+
 def speed_section(out: list[str]) -> None:
     title = "Sampling speed against step count (images/s, decoding included)"
     rows = section(out, title, "diffusion_speed.jsonl")
@@ -278,6 +291,7 @@ def main() -> None:
     diagnostics_section(out)
     decoder_section(out)
     guidance_section(out)
+    gpu_section(out)
     demo_section(out)
     speed_section(out)
     training_section(out)
