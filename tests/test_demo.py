@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from catdog import checkpoint
@@ -45,19 +44,12 @@ def test_original_scripts_default_to_the_shipped_weights(tmp_path):
     assert np.asarray(Image.open(tmp_path / "dog_0007.png")).shape == (48, 48, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped model misses the class-accuracy target: `catdog evaluate` measures 0.697 "
-    "over 800 per class (target 0.90; see the model card), and at these seeds the probe sees 5 of "
-    "8 cats",
-)
 def test_the_probe_from_evaluate_sees_the_asked_for_class_in_shipped_samples(shared):
     """The probe of `catdog evaluate` (Inception pool3 features, logistic regression fitted on
     the real training split) must call a clear majority (6 of 8) of the shipped model's default
     samples of each class the class asked for. This is the issue's check on a few fixed seeds;
     the class-accuracy target itself (0.90 over 800 per class) is measured by `catdog evaluate`
-    and reported in the model card. Strict xfail: the day a shipped model passes, this fails
-    until the mark goes."""
+    and reported in the model card, where it is still missed (0.733)."""
     import torch
 
     from catdog.config import DataConfig
@@ -81,5 +73,5 @@ def test_the_probe_from_evaluate_sees_the_asked_for_class_in_shipped_samples(sha
     assert images.shape == (16, 3, 48, 48)
     features = extract(net, images, progress=False).double().numpy()
     predicted = torch.from_numpy(probe.predict(features))
-    for label in (0, 1):
-        assert int((predicted[labels == label] == label).sum()) >= 6
+    hits = [int((predicted[labels == label] == label).sum()) for label in (0, 1)]
+    assert min(hits) >= 6, f"the probe sees {hits[0]} of 8 cats and {hits[1]} of 8 dogs"
