@@ -105,8 +105,8 @@ def unpack(pack_dir: Path, data_dir: Path) -> dict[str, int]:
 class Pipeline:
     """The stages of one `run`, sharing its clock, its log and its timings file."""
 
-    def __init__(self, out: Path, work: Path, smoke: bool) -> None:
-        self.out, self.work, self.smoke = out, work, smoke
+    def __init__(self, out: Path, smoke: bool) -> None:
+        self.out = out
         self.started = time.monotonic()
         self.log = out / "log.txt"
         self.timings: dict = {
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> None:
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    p = Pipeline(out, work, args.smoke)
+    p = Pipeline(out, args.smoke)
     device = "cpu" if args.smoke else "cuda"
     runtime = ["--device", device, "--precision", "fp32" if args.smoke else "bf16"]
     quiet = ["--no-progress"]

@@ -40,6 +40,24 @@ def provenance(r: dict) -> str:
     return f"{r['date']}, {r['machine']}, commit {r.get('commit', '?')}:\n`{r['command']}`"
 
 
+def provenances(out: list[str], rows: list[dict], *, per_command: bool = False) -> None:
+    """A "- date, machine, commit: command" line for each record, or with ``per_command`` for
+    the first record of each command (a sweep writes one record per setting)."""
+    if per_command:
+        first: dict[str, dict] = {}
+        for r in rows:
+            first.setdefault(r["command"], r)
+        rows = list(first.values())
+    out.extend(f"- {provenance(r)}" for r in rows)
+
+
+def table(out: list[str], head: list[str], body: list[list[str]]) -> None:
+    """A Markdown table."""
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "---|" * len(head))
+    out.extend("| " + " | ".join(cells) + " |" for cells in body)
+
+
 def guidance_text(r: dict) -> str:
     """The guidance of a quality record: classifier-free (CFG) unless a guide model was used."""
     return f"{'autoguidance' if r.get('guide') == 'autoguidance' else 'CFG'} {r['guidance']}"
@@ -77,11 +95,7 @@ def quality_section(out: list[str]) -> None:
             f"{s['precision']:.3f} | {s['recall']:.3f} | {s['class_accuracy']:.3f} |"
         )
     out.append("")
-    first = {}
-    for r in sweep:  # one line per command (a sweep writes one record per setting)
-        first.setdefault(r["command"], r)
-    for r in first.values():
-        out.append(f"- {provenance(r)}")
+    provenances(out, sweep, per_command=True)
     out.append(
         "\nSampling speed for each setting is in the next section (measured alone; these "
         "quality runs shared the CPU with other work, so their times are not reported)."
@@ -123,8 +137,7 @@ def diagnostics_section(out: list[str]) -> None:
         errors = f"{e['train']:.3f} / {e['held_out']:.3f}"
         out.append(f"| {model} | {r['num_per_class']} | " + " | ".join(cells) + f" | {errors} |")
     out.append("")
-    for r in rows:
-        out.append(f"- {provenance(r)}")
+    provenances(out, rows)
     out.append("")
 
 
@@ -139,16 +152,15 @@ def decoder_section(out: list[str]) -> None:
         "0.1 noise, and 200 fixed samples of the shipped model decoded. The packaged result is "
         "`train-vae --finetune-decoder` (the diagnostics above).\n"
     )
-    out.append("| run | steps | reconstruction | noisy latents | samples |")
-    out.append("|---|---|---|---|---|")
+    body = []
     for r in rows:
         start, end = r["kid_x1000"][0], r["kid_x1000"][-1]
         steps = end["tag"].rsplit(" ", 1)[-1]
         cells = [f"{start[k]:.1f} → {end[k]:.1f}" for k in ("recon", "noisy0.1", "samples")]
-        out.append(f"| {r['label']} | {steps} | " + " | ".join(cells) + " |")
+        body.append([r["label"], steps, *cells])
+    table(out, ["run", "steps", "reconstruction", "noisy latents", "samples"], body)
     out.append("")
-    for r in rows:
-        out.append(f"- {provenance(r)}")
+    provenances(out, rows)
     out.append("")
 
 
@@ -164,15 +176,12 @@ def guidance_section(out: list[str]) -> None:
         "given the null label; `agcfg WA WC`: both the autoguidance and the classifier-free "
         "term; `@LO-HI`: guidance only at timesteps LO..HI (Kynkäänniemi et al. 2024).\n"
     )
-    out.append("| model | variant | KIDx1000 | FID | precision | recall | class acc. |")
-    out.append("|---|---|---|---|---|---|---|")
-    for r in rows:
-        cells = [f"{r['kid_x1000']:.1f}", f"{r['fid']:.1f}", f"{r['precision']:.3f}",
-                 f"{r['recall']:.3f}", f"{r['class_accuracy']:.3f}"]  # fmt: skip
-        out.append(f"| {r['label']} | `{r['variant']}` | " + " | ".join(cells) + " |")
+    body = [[r["label"], f"`{r['variant']}`", f"{r['kid_x1000']:.1f}", f"{r['fid']:.1f}",
+             f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['class_accuracy']:.3f}"]
+            for r in rows]  # fmt: skip
+    table(out, ["model", "variant", "KIDx1000", "FID", "precision", "recall", "class acc."], body)
     out.append("")
-    for r in {r["command"]: r for r in rows}.values():
-        out.append(f"- {provenance(r)}")
+    provenances(out, rows, per_command=True)
     out.append("")
 
 
@@ -210,8 +219,7 @@ def speed_section(out: list[str]) -> None:
         "\nCFG: two passes of the UNet a step; autoguidance: one of the UNet and one of its "
         "guide. Records:\n"
     )
-    for r in rows:
-        out.append(f"- {provenance(r)}")
+    provenances(out, rows)
     out.append("")
 
 
@@ -228,8 +236,7 @@ def training_section(out: list[str]) -> None:
             f"{r['train_images_per_s_median']} | {r['val_psnr_last']} | {r['probe_acc_last']} |"
         )
     out.append("")
-    for r in vae:
-        out.append(f"- {provenance(r)}")
+    provenances(out, vae)
     step = records("vae_step.jsonl")
     if step:
         out.append("\nOne training step, batch 32 (images/s):\n")
@@ -255,8 +262,7 @@ def training_section(out: list[str]) -> None:
             out.append(f"| {r['stage']} | {r['label']} | {r['epochs']} | {r['wall_minutes']} | "
                        f"{r.get('quiet_minutes', '-')} | {r['result']} |")  # fmt: skip
         out.append("")
-        for r in runs:
-            out.append(f"- {provenance(r)}")
+        provenances(out, runs)
     gpu = records("gpu.jsonl")
     out.append("\n### GPU\n")
     if not gpu:

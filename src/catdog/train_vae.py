@@ -401,8 +401,9 @@ def train_on(
         )
         stopping = time_up or (cfg.stop_at_epoch is not None and epoch >= cfg.stop_at_epoch)
         last = epoch == cfg.epochs
+        evaluating = epoch % cfg.eval_every == 0 or last or stopping
         if rt.is_main:  # evaluation, pictures and files: rank 0 only
-            if epoch % cfg.eval_every == 0 or last or stopping:
+            if evaluating:
                 scores, (train_means, val_means, recon) = evaluate(
                     vae, train_set, val_set, cfg.seed
                 )
@@ -416,8 +417,7 @@ def train_on(
                 if epoch % cfg.viz_every == 0 or last or stopping:
                     _save_pictures(save_dir, epoch, val_set, val_means, recon, cfg.seed)
             history.append(record)
-            write_metrics(save_dir, history, CURVE_KEYS,
-                          curves=epoch % cfg.eval_every == 0 or last or stopping)  # fmt: skip
+            write_metrics(save_dir, history, CURVE_KEYS, curves=evaluating)
             summary = ", ".join(
                 f"{k} {record[k]:.4g}"
                 for k in ("loss_total", "loss_rec", "val_psnr", "probe_acc", "images_per_s")
