@@ -5,13 +5,17 @@ import torchvision
 from catdog import losses
 from catdog.errors import CatdogError
 from catdog.losses import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     PerceptualLoss,
+    alignment_loss,
     center_loss,
     classifier_loss,
     hinge_d_loss,
     hinge_g_loss,
     kl_divergence,
     load_vgg16_features,
+    vgg_feature_map,
 )
 
 
@@ -90,3 +94,29 @@ def test_perceptual_loss_zero_for_identical_and_grows_with_distortion(vgg_weight
     y = x.clone().requires_grad_(True)
     loss(y, [t.half() for t in targets]).backward()  # cached fp16 targets work too
     assert y.grad is not None
+
+
+def test_alignment_loss_is_one_minus_cosine_per_position():
+    target = torch.randn(2, 8, 3, 3)
+    assert alignment_loss(2.5 * target, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert alignment_loss(-target, target).item() == pytest.approx(2.0, abs=1e-6)
+    orthogonal = torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 1, 1)
+    orthogonal[0][0, 0], orthogonal[1][0, 1] = 1.0, 1.0
+    assert alignment_loss(*orthogonal).item() == pytest.approx(1.0)
+    # A larger target is average-pooled to the projection's size.
+    fine = torch.randn(2, 8, 6, 6)
+    pooled = torch.nn.functional.avg_pool2d(fine, 2)
+    assert alignment_loss(pooled, fine).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_vgg_feature_map_is_the_layer_output_on_imagenet_normalised_input(vgg_weights):
+    vgg = load_vgg16_features(vgg_weights)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    mean = torch.tensor(IMAGENET_MEAN)[None, :, None, None]
+    std = torch.tensor(IMAGENET_STD)[None, :, None, None]
+    expected = ((images + 1) / 2 - mean) / std
+    for layer in vgg[:23]:
+        expected = layer(expected)
+    out = vgg_feature_map(vgg, images, 22)
+    assert out.shape == (2, 512, 2, 2)  # relu4_3: three poolings
+    torch.testing.assert_close(out, expected)

@@ -10,6 +10,7 @@ from catdog.config import DiffusionTrainConfig, ScheduleConfig
 from catdog.data import load_folder, to_float
 from catdog.diffusion import NoiseSchedule
 from catdog.errors import CatdogError
+from catdog.losses import load_vgg16_features, vgg_feature_map
 from catdog.models.vae import VAE
 from catdog.train_diffusion import (
     FINAL,
@@ -208,3 +209,39 @@ def test_loss_curves_are_redrawn_at_checkpoints_only(tiny_data, tiny_vae, tmp_pa
     assert drawn == [2, 4, 5]
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5
     assert (tmp_path / "loss_curves.png").is_file()
+
+
+def test_representation_alignment_caches_vgg_features_and_trains_a_projector(
+    tiny_data, tiny_vae, vgg_weights, tmp_path
+):
+    kw = {"epochs": 2, "repa_weight": 0.5, "repa_layer": 15, "vgg_weights": str(vgg_weights)}
+    record = train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "a", **kw))
+    assert 0 < record["loss_repa"] <= 2
+    cached = torch.load(tmp_path / "a" / LATENTS, weights_only=True)
+    assert cached["repa_layer"] == 15
+    assert cached["features"].shape == (48, 256, 4, 4)  # relu3_3 at 16 px, rows as the latents
+    images = load_folder(tiny_data, "train", 16).images
+    vgg = load_vgg16_features(vgg_weights)
+    with torch.no_grad():
+        mirror = vgg_feature_map(vgg, to_float(images[5:6]).flip(-1), 15)
+    torch.testing.assert_close(cached["features"][24 + 5].float(), mirror[0], atol=2e-2, rtol=1e-2)
+    # The projector is trained and saved for resuming, never in the sampling checkpoint.
+    state = checkpoint.load(tmp_path / "a" / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE)
+    assert state["projector"] is not None
+    final = checkpoint.load(tmp_path / "a" / FINAL, checkpoint.KIND_DIFFUSION)
+    assert set(final["state_dict"]) == set(state["unet"])
+    # Resuming is exact, as without REPA.
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "b", stop_at_epoch=1, **kw))
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "b", **kw), resume=True)
+    resumed = checkpoint.load(tmp_path / "b" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
+    assert all(torch.equal(v, resumed[k]) for k, v in final["state_dict"].items())
+    # The alignment changes what the UNet learns: not the same weights as without it.
+    plain = train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "c", epochs=2))
+    assert "loss_repa" not in plain
+    other = checkpoint.load(tmp_path / "c" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
+    assert not all(torch.equal(v, other[k]) for k, v in final["state_dict"].items())
+    # Bad settings are refused with one line.
+    with pytest.raises(CatdogError, match="repa weight must be >= 0"):
+        train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "d", epochs=1, repa_weight=-1))
+    with pytest.raises(CatdogError, match="repa_layer must be in 0..30"):
+        train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "e", **{**kw, "repa_layer": 31}))

@@ -2,7 +2,7 @@ import torch
 
 from catdog.config import UNetConfig
 from catdog.ema import EMA
-from catdog.models.unet import UNet
+from catdog.models.unet import FeatureProjector, UNet
 
 TINY = UNetConfig(latent_channels=2, latent_size=8, channels=(8, 16), blocks_per_level=1,
                   attention_levels=(1,), heads=2, norm_groups=4)  # fmt: skip
@@ -30,6 +30,24 @@ def test_three_level_unet():
     assert UNet(cfg)(
         torch.randn(2, 4, 12, 12), torch.tensor([3, 4]), torch.tensor([0, 1])
     ).shape == (2, 4, 12, 12)
+
+
+def test_middle_features_come_with_the_same_prediction_and_project_per_position():
+    torch.manual_seed(0)
+    net = UNet(TINY).eval()
+    torch.nn.init.normal_(net.head.weight, std=0.1)
+    x, t, y = torch.randn(3, 2, 8, 8), torch.tensor([1, 50, 99]), torch.tensor([0, 1, 2])
+    out, features = net(x, t, y, return_features=True)
+    torch.testing.assert_close(out, net(x, t, y))
+    assert features.shape == (3, 16, 4, 4)  # the middle level: last width, half the size
+    projector = FeatureProjector(16, 32, hidden=8)
+    projected = projector(features)
+    assert projected.shape == (3, 32, 4, 4)
+    # Per position: changing one position's features changes only that position's output.
+    changed = features.clone()
+    changed[:, :, 0, 0] += 1.0
+    moved = (projector(changed) - projected).abs().sum(dim=1)
+    assert moved[:, 0, 0].min() > 0 and moved.flatten(1)[:, 1:].max() == 0
 
 
 def test_label_dropout_uses_the_given_stream_at_the_configured_rate():

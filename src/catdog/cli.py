@@ -389,6 +389,21 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
         f"with --resume, like --epochs (default: {d.cooldown_epochs})",
     )  # fmt: skip
     _flag(
+        parser, "repa-weight", type=float,
+        help="weight of representation alignment (REPA): the UNet's middle features are "
+        "trained to predict VGG16 features of the clean image; 0 = off "
+        f"(default: {d.repa_weight})",
+    )  # fmt: skip
+    _flag(
+        parser, "repa-layer", type=int,
+        help=f"layer of vgg16().features that REPA aligns with (default: {d.repa_layer}, relu4_3)",
+    )  # fmt: skip
+    _flag(
+        parser, "vgg-weights",
+        help="local vgg16().features state dict for REPA (else $CATDOG_VGG_WEIGHTS, else "
+        "download)",
+    )  # fmt: skip
+    _flag(
         parser,
         "ema-decay",
         type=float,
@@ -472,6 +487,9 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
         "batch_size",
         "lr",
         "cooldown_epochs",
+        "repa_weight",
+        "repa_layer",
+        "vgg_weights",
         "ema_decay",
         "guide_step",
         "guide_guidance",

@@ -194,6 +194,13 @@ class DiffusionTrainConfig:
     # cooldown_epochs, where it falls linearly to 0 (warmup-stable-decay, Hagele et al. 2024).
     # A run-control field, like epochs: a constant-rate run can be resumed with a cooldown.
     cooldown_epochs: int = 0
+    # Representation alignment (REPA, Yu et al. 2025): a small projector maps the UNet's
+    # middle features to the frozen VGG16 features (layer repa_layer of vgg16().features,
+    # 22 = relu4_3) of the clean training image, and 1 - cosine similarity is added to the loss
+    # with this weight. The features are cached with the latents. 0 = off.
+    repa_weight: float = 0.0
+    repa_layer: int = 22
+    vgg_weights: str | None = None  # local torchvision vgg16().features state dict (for REPA)
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     # Autoguidance (Karras et al. 2024) for free: the EMA weights after guide_step steps are

@@ -100,6 +100,23 @@ def load_vgg16_features(weights: str | os.PathLike | None = None) -> nn.Sequenti
     return features.eval().requires_grad_(False)
 
 
+def vgg_feature_map(vgg_features: nn.Sequential, images: torch.Tensor, layer: int) -> torch.Tensor:
+    """The output of layer ``layer`` of ``vgg16().features`` for images in [-1, 1]."""
+    mean = images.new_tensor(IMAGENET_MEAN)[None, :, None, None]
+    std = images.new_tensor(IMAGENET_STD)[None, :, None, None]
+    return vgg_features[: layer + 1](((images + 1) / 2 - mean) / std)
+
+
+def alignment_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """REPA's alignment term (Yu et al. 2025): 1 - cosine similarity between projected denoiser
+    features and target features (B, C, h, w), per position, averaged. The target is pooled to
+    the projection's spatial size when they differ."""
+    if target.shape[-2:] != projected.shape[-2:]:
+        target = F.adaptive_avg_pool2d(target.float(), projected.shape[-2:])
+    cos = F.cosine_similarity(projected.float(), target.float(), dim=1)
+    return (1.0 - cos).mean()
+
+
 class PerceptualLoss(nn.Module):
     """LPIPS-style VGG16 distance without learned weights (Zhang et al. 2018, eq. 1 with w = 1):
     unit-normalise each feature vector over channels, then average squared differences.

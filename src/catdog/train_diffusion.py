@@ -29,31 +29,35 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, distributed, viz
 from .config import DiffusionTrainConfig, to_dict
-from .data import balanced_subset, load_split, random_resized_crops
+from .data import balanced_subset, load_split, random_resized_crops, to_float
 from .diffusion import NoiseSchedule
 from .ema import EMA
 from .errors import CatdogError
 from .generate import decode_latents, sample_latents
-from .models.unet import UNet
+from .losses import alignment_loss, load_vgg16_features, vgg_feature_map
+from .models.unet import FeatureProjector, UNet
 from .runs import prepare_run, write_metrics
 from .train_vae import encode_means, encode_training_set
 
 FINAL, STATE, LATENTS = "conditional_diffusion_final.pt", "diffusion_train_state.pt", "latents.pt"
 GUIDE = "guide.pt"  # the early EMA snapshot that autoguidance uses
-CURVE_KEYS = ["loss", "train_x0_mse", "val_x0_mse", "latents_per_s"]
+CURVE_KEYS = ["loss", "loss_repa", "train_x0_mse", "val_x0_mse", "latents_per_s"]
 
 
 def _cache_key(cfg: DiffusionTrainConfig, latent_hash: str) -> dict[str, Any]:
     return {"vae_latent_sha256": latent_hash, "split": cfg.data.train_split,
             "crop_copies": cfg.crop_copies, "crop_min_scale": cfg.crop_min_scale,
-            "seed": cfg.seed}  # fmt: skip
+            "seed": cfg.seed,
+            "repa_layer": cfg.repa_layer if cfg.repa_weight > 0 else None}  # fmt: skip
 
 
 def load_or_cache_latents(
     cfg: DiffusionTrainConfig, vae: torch.nn.Module, latent_hash: str, *, write: bool = True
 ) -> dict[str, torch.Tensor]:
     """The encoded training set: each image and its mirror, then ``crop_copies`` random crops of
-    each (with their mirrors), cached in the run folder under a key of everything it depends on."""
+    each (with their mirrors), cached in the run folder under a key of everything it depends on.
+    With representation alignment on, the VGG16 features of the same images (fp16, rows as the
+    latents') come with them as ``features``."""
     path = Path(cfg.save_dir) / LATENTS
     key = _cache_key(cfg, latent_hash)
     if path.is_file():
@@ -83,6 +87,17 @@ def load_or_cache_latents(
         "labels": data.labels.repeat(2 * len(copies)),
         **key,
     }
+    if cfg.repa_weight > 0:
+        vgg = load_vgg16_features(cfg.vgg_weights)
+        if not 0 <= cfg.repa_layer < len(vgg):
+            raise CatdogError(f"repa_layer must be in 0..{len(vgg) - 1} (a layer of "
+                              f"vgg16().features), got {cfg.repa_layer}")  # fmt: skip
+        with torch.no_grad():
+            cached["features"] = torch.cat([
+                vgg_feature_map(vgg, x.flip(-1) if flip else x, cfg.repa_layer).half()
+                for images in copies for flip in (False, True)
+                for x in (to_float(chunk) for chunk in images.split(128))
+            ])  # fmt: skip
     if write:
         checkpoint.atomic_write(path, lambda f: torch.save(cached, f))
     return cached
@@ -142,6 +157,24 @@ def sample_grid(
     return decode_latents(vae, z)
 
 
+class Denoiser(torch.nn.Module):
+    """The UNet and, with representation alignment, its projector: one module, so that
+    data-parallel training sees every trained parameter take part in each step."""
+
+    def __init__(self, unet: UNet, projector: FeatureProjector | None) -> None:
+        super().__init__()
+        self.unet = unet
+        self.projector = projector
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.projector is None:
+            return self.unet(x, t, labels), None
+        prediction, features = self.unet(x, t, labels, return_features=True)
+        return prediction, self.projector(features)
+
+
 def train(cfg: DiffusionTrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) a diffusion run; returns the last epoch's record.
 
@@ -180,6 +213,8 @@ def train_on(
     )
     if cfg.latent_sampling not in ("posterior", "mean"):
         raise CatdogError(f"latent_sampling must be posterior or mean, not {cfg.latent_sampling!r}")
+    if cfg.repa_weight < 0:
+        raise CatdogError(f"repa weight must be >= 0, got {cfg.repa_weight}")
     if not 0 <= cfg.cooldown_epochs <= cfg.epochs:
         raise CatdogError(f"cooldown epochs must be in 0..{cfg.epochs} (the run's epochs), "
                           f"got {cfg.cooldown_epochs}")  # fmt: skip
@@ -206,12 +241,18 @@ def train_on(
     latents = load_or_cache_latents(cfg, vae, vae_link["latent_sha256"], write=rt.is_main)
     schedule = NoiseSchedule(cfg.schedule)
     unet = UNet(cfg.unet)
+    projector = None
+    if cfg.repa_weight > 0:
+        projector = FeatureProjector(cfg.unet.channels[-1], latents["features"].shape[1])
+    denoiser = Denoiser(unet, projector)
     ema = EMA(unet, cfg.ema_decay)
     base_lr = distributed.effective_lr(cfg.runtime, cfg.lr, cfg.batch_size)
-    opt = torch.optim.AdamW(unet.parameters(), lr=base_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=base_lr, weight_decay=0.0)
     start_epoch, step, history, guide_link = 0, 0, [], None
     if state is not None:
         unet.load_state_dict(state["unet"])
+        if projector is not None:  # the saved config, so the saved state, has REPA on
+            projector.load_state_dict(state["projector"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
@@ -219,16 +260,17 @@ def train_on(
         torch.set_rng_state(state["rng"])
         data_rng.set_state(state["data_rng"])
     device = rt.device
-    unet.to(device)
+    denoiser.to(device)
     ema.model.to(device)
     distributed.optimizer_to(opt, device)  # a resumed optimiser's moments follow the weights
-    model = rt.wrap(unet)
+    model = rt.wrap(denoiser)
     if rt.is_main:
         checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
 
     def save_state(epoch: int) -> None:
         checkpoint.save(save_dir / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE, {
             "train_config": to_dict(cfg), "unet": unet.state_dict(),
+            "projector": projector.state_dict() if projector is not None else None,
             "ema": ema.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
             "step": step, "history": history, "rng": torch.get_rng_state(),
             "data_rng": data_rng.get_state(), "vae": vae_link, "guide": guide_link,
@@ -267,7 +309,7 @@ def train_on(
     record: dict[str, Any] = history[-1] if history else {}
     unet.train()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        epoch_start, loss_sum, seen = time.monotonic(), 0.0, 0
+        epoch_start, loss_sum, repa_sum, seen = time.monotonic(), 0.0, 0.0, 0
         perm = torch.randperm(n, generator=data_rng)
         batches = list(perm.split(cfg.batch_size))
         if drop_last and len(batches[-1]) < cfg.batch_size:
@@ -291,26 +333,33 @@ def train_on(
                 x0 = vae.normalize_latent(mean[part]).to(device)
                 eps, tt, yy = noise[part].to(device), t[part].to(device), labels[part].to(device)
                 with rt.no_sync(model, k == len(slices) - 1), rt.autocast():
-                    prediction = model(schedule.add_noise(x0, eps, tt), tt, yy)
+                    prediction, projected = model(schedule.add_noise(x0, eps, tt), tt, yy)
                 per_sample = F.mse_loss(prediction.float(), schedule.target(x0, eps, tt),
                                         reduction="none")  # fmt: skip
                 loss = (schedule.loss_weight(tt) * per_sample.flatten(1).mean(1)).mean()
+                total = loss
+                if projected is not None:
+                    repa = alignment_loss(projected, latents["features"][index[part]].to(device))
+                    total = loss + cfg.repa_weight * repa
+                    repa_sum += repa.item() * len(eps)
                 with rt.no_sync(model, k == len(slices) - 1):
-                    (loss / len(slices)).backward()
+                    (total / len(slices)).backward()
                 loss_sum += loss.item() * len(eps)
                 seen += len(eps)
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.grad_clip)
             opt.step()
             ema.update(unet)
             step += 1
             if step == cfg.guide_step and rt.is_main:
                 guide_link = save_guide(epoch)
-        totals = rt.sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64))
+        totals = rt.sum(torch.tensor([loss_sum, repa_sum, float(seen)], dtype=torch.float64))
         elapsed = time.monotonic() - epoch_start
-        record = {"epoch": epoch, "step": step, "lr": lr, "loss": float(totals[0] / totals[1]),
-                  "latents_per_s": float(totals[1]) / elapsed,
+        record = {"epoch": epoch, "step": step, "lr": lr, "loss": float(totals[0] / totals[2]),
+                  "latents_per_s": float(totals[2]) / elapsed,
                   "epoch_seconds": elapsed}  # fmt: skip
+        if projector is not None:
+            record["loss_repa"] = float(totals[1] / totals[2])
         history.append(record)
         time_up = rt.agree(
             cfg.max_minutes is not None and (time.monotonic() - started) > 60 * cfg.max_minutes

@@ -99,7 +99,11 @@ class UNet(nn.Module):
         drop = torch.rand(labels.shape, generator=generator) < self.cfg.class_dropout
         return torch.where(drop, torch.full_like(labels, self.null_label), labels)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The prediction; with ``return_features`` also the middle level's output (B, C, h, w),
+        which representation alignment trains to carry image features."""
         emb = self.time_mlp(timestep_embedding(t, self.cfg.channels[0])) + self.class_embedder(
             labels
         )
@@ -111,8 +115,27 @@ class UNet(nn.Module):
             if level < len(self.downsample):
                 h = self.downsample[level](h)
         h = self.middle(h, emb)
+        features = h
         for i, block in enumerate(self.up):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
             if i < len(self.upsample):
                 h = self.upsample[i](h)
-        return self.head(nn.functional.silu(self.norm_out(h)))
+        out = self.head(nn.functional.silu(self.norm_out(h)))
+        return (out, features) if return_features else out
+
+
+class FeatureProjector(nn.Module):
+    """REPA's projector (Yu et al. 2025): a per-position MLP (three layers, SiLU) from the UNet's
+    middle features to the target features' width. Used in training only, never saved for
+    sampling."""
+
+    def __init__(self, in_ch: int, out_ch: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_ch, hidden, 1), nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 1), nn.SiLU(),
+            nn.Conv2d(hidden, out_ch, 1),
+        )  # fmt: skip
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
