@@ -251,8 +251,8 @@ def run(args: argparse.Namespace) -> None:
     budget = 60 * args.diffusion_minutes
     seconds = p.stage("diffusion_constant", [
         "main.py", "--mode", "diffusion", "--preset", diff_preset, "--vae_path", str(vae_best),
-        "--data_dir", str(data), "--save_dir", str(diff_dir), "--epochs", "1000000",
-        "--max_minutes", f"{0.75 * budget / 60:.3f}", *runtime, *quiet,
+        "--data_dir", str(data), "--vgg_weights", vgg, "--save_dir", str(diff_dir),
+        "--epochs", "1000000", "--max_minutes", f"{0.75 * budget / 60:.3f}", *runtime, *quiet,
     ])  # fmt: skip
     reached = metrics(diff_dir)[-1]["epoch"]
     # Wall time per epoch, start-up, checkpoints and pictures included: small epochs on a GPU

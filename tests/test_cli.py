@@ -159,4 +159,4 @@ def test_diffusion_flags_reach_the_config():
     assert (cfg.crop_copies, cfg.crop_min_scale, cfg.unet.dropout) == (3, 0.9, 0.2)
     assert (cfg.schedule.kind, cfg.schedule.objective) == ("linear", "eps")
     default = diffusion_config_from_args(parser.parse_args([]))
-    assert (default.crop_copies, default.unet.dropout, default.repa_weight) == (0, 0.0, 0.0)
+    assert (default.crop_copies, default.unet.dropout, default.repa_weight) == (0, 0.0, 0.5)

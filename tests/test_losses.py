@@ -77,8 +77,11 @@ def test_vgg_download_failure_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.delenv(losses.VGG_WEIGHTS_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached
     monkeypatch.setattr(losses, "VGG16_URL", "http://127.0.0.1:9/vgg16-397923af.pth")
-    with pytest.raises(CatdogError, match="VGG16 weights unavailable.*--vgg-weights"):
+    with pytest.raises(CatdogError, match="VGG16 weights unavailable.*--vgg-weights.*--lambda_vgg"):
         load_vgg16_features()
+    hint = "turn representation alignment off with --repa-weight 0"
+    with pytest.raises(CatdogError, match=f"--vgg-weights.*{hint}"):
+        load_vgg16_features(off_hint=hint)
 
 
 def test_perceptual_loss_zero_for_identical_and_grows_with_distortion(vgg_weights):

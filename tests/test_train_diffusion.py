@@ -23,7 +23,7 @@ from catdog.train_diffusion import (
     train,
 )
 from catdog.train_vae import encode_training_set
-from tests.conftest import tiny_diffusion_cfg
+from tests.conftest import resave, tiny_diffusion_cfg
 
 
 def test_training_writes_an_ema_checkpoint_linked_to_its_vae(tiny_data, tiny_vae, tiny_pair):
@@ -245,3 +245,17 @@ def test_representation_alignment_caches_vgg_features_and_trains_a_projector(
         train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "d", epochs=1, repa_weight=-1))
     with pytest.raises(CatdogError, match="repa_layer must be in 0..30"):
         train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "e", **{**kw, "repa_layer": 31}))
+
+
+def test_a_run_saved_before_repa_existed_resumes_without_it(tiny_data, tiny_vae, tmp_path):
+    """REPA is on by default now; a saved config without the field was trained without it."""
+    assert DiffusionTrainConfig().repa_weight > 0
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, epochs=2, stop_at_epoch=1))
+    state = checkpoint.load(tmp_path / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE)
+    for key in ("repa_weight", "repa_layer", "vgg_weights"):
+        del state["train_config"][key]
+    del state["projector"]
+    resave(tmp_path / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE, state)
+    record = train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, epochs=2), resume=True)
+    assert record["epoch"] == 2 and "loss_repa" not in record
+    assert json.loads((tmp_path / "config.json").read_text())["repa_weight"] == 0.0

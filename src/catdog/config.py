@@ -197,8 +197,10 @@ class DiffusionTrainConfig:
     # Representation alignment (REPA, Yu et al. 2025): a small projector maps the UNet's
     # middle features to the frozen VGG16 features (layer repa_layer of vgg16().features,
     # 22 = relu4_3) of the clean training image, and 1 - cosine similarity is added to the loss
-    # with this weight. The features are cached with the latents. 0 = off.
-    repa_weight: float = 0.0
+    # with this weight. The features are cached with the latents. 0 = off. On by default:
+    # better samples on every measure at the same steps (docs/design.md, "Representation
+    # alignment").
+    repa_weight: float = 0.5
     repa_layer: int = 22
     vgg_weights: str | None = None  # local torchvision vgg16().features state dict (for REPA)
     grad_clip: float = 1.0
@@ -313,6 +315,7 @@ DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
             "norm_groups": 4,
         },
         "schedule": {"num_timesteps": 100},
+        "repa_weight": 0.0,  # no VGG16 weights needed
         "batch_size": 16,
         "checkpoint_every": 1,
         "sample_every": 1,

@@ -61,7 +61,10 @@ def classifier_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[known], labels[known])
 
 
-def load_vgg16_features(weights: str | os.PathLike | None = None) -> nn.Sequential:
+def load_vgg16_features(
+    weights: str | os.PathLike | None = None,
+    off_hint: str = "turn the perceptual loss off with --lambda_vgg 0",
+) -> nn.Sequential:
     """torchvision's ``vgg16().features`` with ImageNet weights, frozen and in eval mode.
 
     Weights come from ``weights`` (a local ``features`` state dict), else the file named by the
@@ -92,7 +95,7 @@ def load_vgg16_features(weights: str | os.PathLike | None = None) -> nn.Sequenti
             raise CatdogError(
                 f"VGG16 weights unavailable: download from {VGG16_URL} failed ({exc}); pass "
                 f"--vgg-weights PATH (a torchvision vgg16().features state dict), set "
-                f"{VGG_WEIGHTS_ENV}=PATH, or turn the perceptual loss off with --lambda_vgg 0"
+                f"{VGG_WEIGHTS_ENV}=PATH, or {off_hint}"
             ) from None
         features.load_state_dict(
             {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}

@@ -88,7 +88,9 @@ def load_or_cache_latents(
         **key,
     }
     if cfg.repa_weight > 0:
-        vgg = load_vgg16_features(cfg.vgg_weights)
+        vgg = load_vgg16_features(
+            cfg.vgg_weights, off_hint="turn representation alignment off with --repa-weight 0"
+        )
         if not 0 <= cfg.repa_layer < len(vgg):
             raise CatdogError(f"repa_layer must be in 0..{len(vgg) - 1} (a layer of "
                               f"vgg16().features), got {cfg.repa_layer}")  # fmt: skip
@@ -211,6 +213,8 @@ def train_on(
             what="diffusion",
         )
     )
+    if state is not None and "repa_weight" not in state["train_config"]:
+        cfg.repa_weight = 0.0  # a run saved before REPA existed was trained without it
     if cfg.latent_sampling not in ("posterior", "mean"):
         raise CatdogError(f"latent_sampling must be posterior or mean, not {cfg.latent_sampling!r}")
     if cfg.repa_weight < 0:
