@@ -5,14 +5,17 @@ their mirrors) are encoded once (posterior mean and log-variance) and cached in 
 keyed by the VAE's content hash and the augmentation settings. Each step draws z from the
 cached posterior (``latent_sampling: posterior``, a free augmentation) or uses its mean
 (``mean``), normalises it with the statistics stored in the VAE checkpoint, and regresses the
-schedule's target. An EMA of the weights is what gets saved for sampling.
+schedule's target. An EMA of the weights is what gets saved for sampling. With representation
+alignment (REPA, on by default), the VGG16 features of the same images are cached beside the
+latents, and a projector trained with the UNet (never saved for sampling) aligns the UNet's
+middle features with them.
 
 Run folder (``save_dir``)::
 
     config.json, metrics.jsonl, loss_curves.png
     conditional_diffusion_final.pt      EMA UNet + schedule + VAE link, for generation
     diffusion_train_state.pt            everything --resume needs
-    latents.pt                          the cached training latents
+    latents.pt                          the cached training latents (and VGG16 features)
     samples/epoch_NNNN.png              a grid of cats (top rows) and dogs (bottom rows)
 """
 
