@@ -103,11 +103,17 @@ def load_vgg16_features(
     return features.eval().requires_grad_(False)
 
 
+def vgg_input(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as VGG16 expects them: in [0, 1], then normalised with ImageNet's
+    per-channel mean and std (fp32 constants, on the images' device)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device)[None, :, None, None]
+    std = torch.tensor(IMAGENET_STD, device=images.device)[None, :, None, None]
+    return ((images + 1) / 2 - mean) / std
+
+
 def vgg_feature_map(vgg_features: nn.Sequential, images: torch.Tensor, layer: int) -> torch.Tensor:
     """The output of layer ``layer`` of ``vgg16().features`` for images in [-1, 1]."""
-    mean = images.new_tensor(IMAGENET_MEAN)[None, :, None, None]
-    std = images.new_tensor(IMAGENET_STD)[None, :, None, None]
-    return vgg_features[: layer + 1](((images + 1) / 2 - mean) / std)
+    return vgg_features[: layer + 1](vgg_input(images))
 
 
 def alignment_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -131,12 +137,10 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         self.layers = layers
         self.vgg = vgg_features[: max(layers) + 1]
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[None, :, None, None])
-        self.register_buffer("std", torch.tensor(IMAGENET_STD)[None, :, None, None])
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Unit-normalised features at ``self.layers`` of images in [-1, 1]."""
-        h = ((images + 1) / 2 - self.mean) / self.std
+        h = vgg_input(images)
         out = []
         for i, layer in enumerate(self.vgg):
             h = layer(h)
