@@ -98,6 +98,15 @@ def test_vgg_weights_unavailable(tiny_data, tmp_path):
     assert_one_line_error(result, "VGG16 weights file not found")
 
 
+def test_repa_without_vgg_weights_is_one_line_and_writes_nothing(tiny_data, tiny_vae, tmp_path):
+    result = run_cli("-m", "catdog", "train-diffusion", *TINY, "--vae-path", str(tiny_vae),
+                     "--data-dir", str(tiny_data), "--repa-weight", "0.5",
+                     "--vgg-weights", str(tmp_path / "no_vgg.pth"),
+                     "--save-dir", str(tmp_path / "r"))  # fmt: skip
+    assert_one_line_error(result, "VGG16 weights file not found")
+    assert not (tmp_path / "r" / "latents.pt").exists()  # no half-built cache
+
+
 def test_missing_and_corrupt_checkpoints_on_resume(tiny_data, tmp_path):
     base = ["-m", "catdog", "train-vae", *TINY, "--data-dir", str(tiny_data), "--lambda-vgg", "0",
             "--resume"]  # fmt: skip
