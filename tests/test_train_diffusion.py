@@ -214,7 +214,8 @@ def test_loss_curves_are_redrawn_at_checkpoints_only(tiny_data, tiny_vae, tmp_pa
 def test_representation_alignment_caches_vgg_features_and_trains_a_projector(
     tiny_data, tiny_vae, vgg_weights, tmp_path
 ):
-    kw = {"epochs": 2, "repa_weight": 0.5, "repa_layer": 15, "vgg_weights": str(vgg_weights)}
+    kw = {"epochs": 2, "repa_weight": 0.5, "repa_layer": 15, "repa_hidden": 24,
+          "vgg_weights": str(vgg_weights)}  # fmt: skip
     record = train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "a", **kw))
     assert 0 < record["loss_repa"] <= 2
     cached = torch.load(tmp_path / "a" / LATENTS, weights_only=True)
@@ -227,7 +228,7 @@ def test_representation_alignment_caches_vgg_features_and_trains_a_projector(
     torch.testing.assert_close(cached["features"][24 + 5].float(), mirror[0], atol=2e-2, rtol=1e-2)
     # The projector is trained and saved for resuming, never in the sampling checkpoint.
     state = checkpoint.load(tmp_path / "a" / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE)
-    assert state["projector"] is not None
+    assert state["projector"]["net.0.weight"].shape[:2] == (24, 16)  # hidden width, UNet middle
     final = checkpoint.load(tmp_path / "a" / FINAL, checkpoint.KIND_DIFFUSION)
     assert set(final["state_dict"]) == set(state["unet"])
     # Resuming is exact, as without REPA.
@@ -245,6 +246,8 @@ def test_representation_alignment_caches_vgg_features_and_trains_a_projector(
         train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "d", epochs=1, repa_weight=-1))
     with pytest.raises(CatdogError, match="repa_layer must be in 0..30"):
         train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "e", **{**kw, "repa_layer": 31}))
+    with pytest.raises(CatdogError, match="repa hidden width must be >= 1"):
+        train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "f", **{**kw, "repa_hidden": 0}))
 
 
 def test_a_run_saved_before_repa_existed_resumes_without_it(tiny_data, tiny_vae, tmp_path):

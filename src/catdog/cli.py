@@ -399,6 +399,10 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
         help=f"layer of vgg16().features that REPA aligns with (default: {d.repa_layer}, relu4_3)",
     )  # fmt: skip
     _flag(
+        parser, "repa-hidden", type=int,
+        help=f"width of the REPA projector's hidden layers (default: {d.repa_hidden})",
+    )  # fmt: skip
+    _flag(
         parser, "vgg-weights",
         help="local vgg16().features state dict for REPA (else $CATDOG_VGG_WEIGHTS, else "
         "download)",
@@ -489,6 +493,7 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
         "cooldown_epochs",
         "repa_weight",
         "repa_layer",
+        "repa_hidden",
         "vgg_weights",
         "ema_decay",
         "guide_step",

@@ -202,6 +202,7 @@ class DiffusionTrainConfig:
     # alignment").
     repa_weight: float = 0.5
     repa_layer: int = 22
+    repa_hidden: int = 256  # width of the projector's two hidden layers
     vgg_weights: str | None = None  # local torchvision vgg16().features state dict (for REPA)
     grad_clip: float = 1.0
     ema_decay: float = 0.999

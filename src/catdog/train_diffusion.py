@@ -218,10 +218,14 @@ def train_on(
     )
     if state is not None and "repa_weight" not in state["train_config"]:
         cfg.repa_weight = 0.0  # a run saved before REPA existed was trained without it
+    if state is not None and "repa_hidden" not in state["train_config"]:
+        cfg.repa_hidden = 256  # the projector's width before it was an option
     if cfg.latent_sampling not in ("posterior", "mean"):
         raise CatdogError(f"latent_sampling must be posterior or mean, not {cfg.latent_sampling!r}")
     if cfg.repa_weight < 0:
         raise CatdogError(f"repa weight must be >= 0, got {cfg.repa_weight}")
+    if cfg.repa_hidden < 1:
+        raise CatdogError(f"repa hidden width must be >= 1, got {cfg.repa_hidden}")
     if not 0 <= cfg.cooldown_epochs <= cfg.epochs:
         raise CatdogError(f"cooldown epochs must be in 0..{cfg.epochs} (the run's epochs), "
                           f"got {cfg.cooldown_epochs}")  # fmt: skip
@@ -250,7 +254,9 @@ def train_on(
     unet = UNet(cfg.unet)
     projector = None
     if cfg.repa_weight > 0:
-        projector = FeatureProjector(cfg.unet.channels[-1], latents["features"].shape[1])
+        projector = FeatureProjector(
+            cfg.unet.channels[-1], latents["features"].shape[1], cfg.repa_hidden
+        )
     denoiser = Denoiser(unet, projector)
     ema = EMA(unet, cfg.ema_decay)
     base_lr = distributed.effective_lr(cfg.runtime, cfg.lr, cfg.batch_size)
