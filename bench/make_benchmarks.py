@@ -223,6 +223,21 @@ def speed_section(out: list[str]) -> None:
     out.append("")
 
 
+def repa_step_section(out: list[str]) -> None:
+    title = "What representation alignment costs per training step (batch 128, interleaved)"
+    rows = section(out, title, "repa_step.jsonl")
+    if not rows:
+        return
+    table(out, ["date", "setting", "projector params", "ms/step (median)", "overhead"], [
+        [r["date"], name, f"{v['projector_params'] / 1e6:.2f} M", str(v["median_ms_per_step"]),
+         f"{v['overhead_pct']:+.1f} %"]
+        for r in rows for name, v in r["results"].items()
+    ])  # fmt: skip
+    out.append("\nRecords:\n")
+    provenances(out, rows)
+    out.append("")
+
+
 def training_section(out: list[str]) -> None:
     out.append("## Training throughput\n")
     out.append("### VAE stage\n")
@@ -300,6 +315,7 @@ def main() -> None:
     gpu_section(out)
     demo_section(out)
     speed_section(out)
+    repa_step_section(out)
     training_section(out)
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out).rstrip() + "\n")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")

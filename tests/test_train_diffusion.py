@@ -262,3 +262,20 @@ def test_a_run_saved_before_repa_existed_resumes_without_it(tiny_data, tiny_vae,
     record = train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, epochs=2), resume=True)
     assert record["epoch"] == 2 and "loss_repa" not in record
     assert json.loads((tmp_path / "config.json").read_text())["repa_weight"] == 0.0
+
+
+def test_a_repa_run_saved_before_the_projector_width_was_an_option_resumes_at_256(
+    tiny_data, tiny_vae, vgg_weights, tmp_path
+):
+    """The projector was 256 wide before --repa-hidden existed; the default is narrower now."""
+    assert DiffusionTrainConfig().repa_hidden != 256
+    kw = {"epochs": 2, "repa_weight": 0.5, "repa_layer": 15, "vgg_weights": str(vgg_weights)}
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, stop_at_epoch=1, repa_hidden=256, **kw))
+    state = checkpoint.load(tmp_path / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE)
+    del state["train_config"]["repa_hidden"]
+    resave(tmp_path / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE, state)
+    record = train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, **kw), resume=True)
+    assert record["epoch"] == 2 and "loss_repa" in record
+    state = checkpoint.load(tmp_path / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE)
+    assert state["projector"]["net.0.weight"].shape[0] == 256
+    assert json.loads((tmp_path / "config.json").read_text())["repa_hidden"] == 256

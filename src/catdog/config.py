@@ -202,7 +202,9 @@ class DiffusionTrainConfig:
     # alignment").
     repa_weight: float = 0.5
     repa_layer: int = 22
-    repa_hidden: int = 256  # width of the projector's two hidden layers
+    # Width of the projector's two hidden layers: 128 costs half the time of 256 per step
+    # (bench/bench_repa_step.py), and its run scored as well (docs/design.md).
+    repa_hidden: int = 128
     vgg_weights: str | None = None  # local torchvision vgg16().features state dict (for REPA)
     grad_clip: float = 1.0
     ema_decay: float = 0.999

@@ -129,7 +129,7 @@ class FeatureProjector(nn.Module):
     middle features to the target features' width. Used in training only, never saved for
     sampling."""
 
-    def __init__(self, in_ch: int, out_ch: int, hidden: int = 256) -> None:
+    def __init__(self, in_ch: int, out_ch: int, hidden: int = 128) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(in_ch, hidden, 1), nn.SiLU(),
