@@ -8,6 +8,9 @@ reference split) of images that isolate each stage, on ``--num-per-class`` refer
   guidance 1): how well the diffusion model restores real latents from each noise level;
 - ``samples``: generated from scratch with the default sampler, the same labels.
 
+With ``--vae-only`` (and ``--vae-path``, no model) only the first two kinds are scored: a VAE
+can be judged as a latent space for diffusion before a diffusion model is trained on it.
+
 Also the diffusion model's denoising error (``train_diffusion.denoising_error``) on training
 and on held-out latents: a gap is overfitting.
 
@@ -46,15 +49,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_scoring_args(parser, num_per_class=100)
+    add_scoring_args(parser, num_per_class=100, model_required=False)
+    parser.add_argument(
+        "--vae-only", action="store_true",
+        help="score only --vae-path's reconstructions and noisy decodes",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.vae_only != (args.model_path is None) or (args.vae_only and not args.vae_path):
+        parser.error("give --model-path, or --vae-only with --vae-path")
     start = time.perf_counter()
     defaults = EvaluateConfig()
-    unet, schedule, record = checkpoint.load_diffusion(args.model_path)
-    vae, _ = checkpoint.find_vae(args.model_path, record, args.vae_path)
-    guide, link = checkpoint.find_guide(args.model_path, record, args.guide_path)
-    guidance = checkpoint.resolve_guidance(None, link)
-    kind = "autoguidance" if guide is not None else "guidance"
+    if args.vae_only:
+        vae = checkpoint.load_vae(args.vae_path)[0]
+    else:
+        unet, schedule, record = checkpoint.load_diffusion(args.model_path)
+        vae, _ = checkpoint.find_vae(args.model_path, record, args.vae_path)
+        guide, link = checkpoint.find_guide(args.model_path, record, args.guide_path)
+        guidance = checkpoint.resolve_guidance(None, link)
+        kind = "autoguidance" if guide is not None else "guidance"
     data = DataConfig(data_dir=args.data_dir, image_size=vae.cfg.image_size)
     reference, train = load_split(data, "test"), load_split(data, "train")
     extractor = load_inception(args.inception_weights)
@@ -73,6 +85,13 @@ def main() -> None:
     score("reconstruction", z)
     for s in (0.1, 0.3):
         score(f"decode(z + {s} noise)", z + s * torch.randn(z.shape, generator=generator))
+    if args.vae_only:
+        append_record("diagnostics.jsonl", {
+            **record_header(), "label": args.label, "model_path": None,
+            "vae_path": args.vae_path, "num_per_class": args.num_per_class, "rows": rows,
+            "seconds": round(time.perf_counter() - start, 1),
+        })  # fmt: skip
+        return
     for fraction in (0.1, 0.3, 0.6):
         t = round(fraction * schedule.num_timesteps)
         noisy = schedule.add_noise(

@@ -51,10 +51,12 @@ def append_record(name: str, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def add_scoring_args(parser: argparse.ArgumentParser, num_per_class: int) -> None:
+def add_scoring_args(
+    parser: argparse.ArgumentParser, num_per_class: int, model_required: bool = True
+) -> None:
     """The flags every quality benchmark takes: the model pair, the real images, the Inception
     weights and feature cache, how many images per class, and a label for the record."""
-    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--model-path", required=model_required)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--inception-weights", default=None)
     parser.add_argument("--num-per-class", type=int, default=num_per_class)

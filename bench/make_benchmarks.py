@@ -116,7 +116,7 @@ def diagnostics_section(out: list[str]) -> None:
         "x0 MSE over fixed noise at t/T = 0.1, 0.25, 0.5, 0.75 on 400 training and 400 held-out "
         "latents; a gap is overfitting.\n"
     )
-    names = list(rows[-1]["rows"])
+    names = list(max(rows, key=lambda r: len(r["rows"]))["rows"])  # VAE-only records have fewer
     heads = [n.split(" (")[0] + " (default sampler)" if n.startswith("samples") else n
              for n in names]  # fmt: skip
     out.append("| model | n/class | " + " | ".join(heads) + " | denoising error train / held-out |")
@@ -132,9 +132,9 @@ def diagnostics_section(out: list[str]) -> None:
                 how = match[0].split(", ", 1)[-1].rstrip(")")
                 cell += ", " + (how if how.startswith("auto") else how.replace("guidance", "CFG"))
             cells.append(cell)
-        e = r["denoising_error"]
-        model = r.get("label") or r["model_path"]
-        errors = f"{e['train']:.3f} / {e['held_out']:.3f}"
+        e = r.get("denoising_error")  # none for a VAE alone
+        model = r.get("label") or r["model_path"] or r["vae_path"]
+        errors = f"{e['train']:.3f} / {e['held_out']:.3f}" if e else "-"
         out.append(f"| {model} | {r['num_per_class']} | " + " | ".join(cells) + f" | {errors} |")
     out.append("")
     provenances(out, rows)
