@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
@@ -175,6 +175,10 @@ class ScheduleConfig:
 @dataclass
 class DiffusionTrainConfig:
     """Everything one diffusion training run needs."""
+
+    # Values for fields that a saved run's config lacks: what runs saved before the field
+    # existed were trained with, where that differs from today's default (runs.prepare_run).
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"repa_weight": 0.0, "repa_hidden": 256}
 
     vae_path: str = "./results/vae_gan_best.pt"
     data: DataConfig = field(default_factory=DataConfig)

@@ -26,7 +26,8 @@ def prepare_run(
     """The config to run with and, when resuming, the saved training state.
 
     A new run refuses a folder that already holds one (nothing is overwritten); a resumed run
-    uses its saved config, except for the run-control fields given now.
+    uses its saved config, except for the run-control fields given now. Fields the saved
+    config lacks take the config class's ``SAVED_BEFORE`` values, else today's defaults.
     """
     save_dir = Path(cfg.save_dir)  # type: ignore[attr-defined]
     state_path = save_dir / state_name
@@ -34,7 +35,9 @@ def prepare_run(
         if not state_path.is_file():
             raise CatdogError(f"nothing to resume: {state_path} does not exist")
         state = checkpoint.load(state_path, state_kind)
-        saved = from_dict(type(cfg), state["train_config"])
+        # A field added since the run was saved takes the value the run was trained with.
+        earlier = getattr(type(cfg), "SAVED_BEFORE", {})
+        saved = from_dict(type(cfg), {**earlier, **state["train_config"]})
         given = {name: getattr(cfg, name) for name in RUN_CONTROL_FIELDS if hasattr(cfg, name)}
         return replace(saved, **given), state
     if state_path.exists() or (save_dir / final_name).exists():

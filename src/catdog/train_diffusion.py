@@ -216,10 +216,6 @@ def train_on(
             what="diffusion",
         )
     )
-    if state is not None and "repa_weight" not in state["train_config"]:
-        cfg.repa_weight = 0.0  # a run saved before REPA existed was trained without it
-    if state is not None and "repa_hidden" not in state["train_config"]:
-        cfg.repa_hidden = 256  # the projector's width before it was an option
     if cfg.latent_sampling not in ("posterior", "mean"):
         raise CatdogError(f"latent_sampling must be posterior or mean, not {cfg.latent_sampling!r}")
     if cfg.repa_weight < 0:
