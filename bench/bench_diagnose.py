@@ -36,7 +36,7 @@ from common import add_scoring_args, append_record, record_header  # noqa: E402
 
 from catdog import checkpoint  # noqa: E402
 from catdog.config import DataConfig, EvaluateConfig  # noqa: E402
-from catdog.data import balanced_subset, load_split, to_uint8  # noqa: E402
+from catdog.data import ImageSet, balanced_subset, load_split, to_uint8  # noqa: E402
 from catdog.diffusion import ddim_sample  # noqa: E402
 from catdog.evaluate import fid, kid  # noqa: E402
 from catdog.features import cached_extract, extract, load_inception  # noqa: E402
@@ -58,17 +58,13 @@ def main() -> None:
     if args.vae_only != (args.model_path is None) or (args.vae_only and not args.vae_path):
         parser.error("give --model-path, or --vae-only with --vae-path")
     start = time.perf_counter()
-    defaults = EvaluateConfig()
     if args.vae_only:
-        vae = checkpoint.load_vae(args.vae_path)[0]
+        vae, diffusion = checkpoint.load_vae(args.vae_path)[0], None
     else:
-        unet, schedule, record = checkpoint.load_diffusion(args.model_path)
-        vae, _ = checkpoint.find_vae(args.model_path, record, args.vae_path)
-        guide, link = checkpoint.find_guide(args.model_path, record, args.guide_path)
-        guidance = checkpoint.resolve_guidance(None, link)
-        kind = "autoguidance" if guide is not None else "guidance"
+        diffusion = checkpoint.load_diffusion(args.model_path)
+        vae, _ = checkpoint.find_vae(args.model_path, diffusion[2], args.vae_path)
     data = DataConfig(data_dir=args.data_dir, image_size=vae.cfg.image_size)
-    reference, train = load_split(data, "test"), load_split(data, "train")
+    reference = load_split(data, "test")
     extractor = load_inception(args.inception_weights)
     f_ref = cached_extract(extractor, reference.images, args.cache_dir, progress=False)
     subset = balanced_subset(reference, 2 * args.num_per_class)
@@ -85,13 +81,25 @@ def main() -> None:
     score("reconstruction", z)
     for s in (0.1, 0.3):
         score(f"decode(z + {s} noise)", z + s * torch.randn(z.shape, generator=generator))
-    if args.vae_only:
-        append_record("diagnostics.jsonl", {
-            **record_header(), "label": args.label, "model_path": None,
-            "vae_path": args.vae_path, "num_per_class": args.num_per_class, "rows": rows,
-            "seconds": round(time.perf_counter() - start, 1),
-        })  # fmt: skip
-        return
+    errors = None
+    if diffusion is not None:
+        diffusion_rows(args, diffusion, z, labels, generator, score)
+        errors = denoising_errors(diffusion, vae, reference, load_split(data, "train"))
+    append_record("diagnostics.jsonl", {
+        **record_header(), "label": args.label, "model_path": args.model_path,
+        "vae_path": args.vae_path, "num_per_class": args.num_per_class, "rows": rows,
+        **({} if errors is None else {"denoising_error": errors}),
+        "seconds": round(time.perf_counter() - start, 1),
+    })  # fmt: skip
+
+
+def diffusion_rows(args, diffusion, z, labels, generator, score) -> None:
+    """Score SDEdit restorations of z and class-conditional samples of the diffusion model."""
+    unet, schedule, record = diffusion
+    defaults = EvaluateConfig()
+    guide, link = checkpoint.find_guide(args.model_path, record, args.guide_path)
+    guidance = checkpoint.resolve_guidance(None, link)
+    kind = "autoguidance" if guide is not None else "guidance"
     for fraction in (0.1, 0.3, 0.6):
         t = round(fraction * schedule.num_timesteps)
         noisy = schedule.add_noise(
@@ -107,6 +115,10 @@ def main() -> None:
                              steps=defaults.steps, guidance=guidance, guide=guide)  # fmt: skip
     score(f"samples ({defaults.sampler} {defaults.steps}, {kind} {guidance})", samples)
 
+
+def denoising_errors(diffusion, vae, reference: ImageSet, train: ImageSet) -> dict[str, float]:
+    """The UNet's denoising loss on 400 training images and on 400 held-out ones."""
+    unet, schedule, _ = diffusion
     held_out = balanced_subset(reference, 400)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:400]
     errors = {}
@@ -117,12 +129,7 @@ def main() -> None:
         latents = vae.normalize_latent(encode_means(vae, images))
         errors[name] = denoising_error(unet, schedule, latents, y)
     print(f"denoising error: train {errors['train']:.4f}, held-out {errors['held_out']:.4f}")
-    append_record("diagnostics.jsonl", {
-        **record_header(), "label": args.label, "model_path": args.model_path,
-        "vae_path": args.vae_path,
-        "num_per_class": args.num_per_class, "rows": rows, "denoising_error": errors,
-        "seconds": round(time.perf_counter() - start, 1),
-    })  # fmt: skip
+    return errors
 
 
 if __name__ == "__main__":
