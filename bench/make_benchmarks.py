@@ -14,6 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+SHIPPED = "src/catdog/weights"  # a quality record of a model_path here scored the shipped weights
 sys.path.insert(0, str(ROOT / "src"))
 
 from catdog.evaluate import format_table  # noqa: E402
@@ -63,9 +64,14 @@ def guidance_text(r: dict) -> str:
     return f"{'autoguidance' if r.get('guide') == 'autoguidance' else 'CFG'} {r['guidance']}"
 
 
+def scores_shipped(r: dict) -> bool:
+    """Whether a quality record scored the weights shipped in the package (at that commit)."""
+    return (r["report"]["config"].get("model_path") or SHIPPED).startswith(SHIPPED)
+
+
 def quality_section(out: list[str]) -> None:
     rows = records("quality.jsonl")
-    headline = [r for r in rows if "real_train" in r["report"]["rows"]]
+    headline = [r for r in rows if "real_train" in r["report"]["rows"] and scores_shipped(r)]
     out.append("## Quality of the shipped models\n")
     if not headline:
         out.append("No quality record yet.\n")
@@ -78,7 +84,7 @@ def quality_section(out: list[str]) -> None:
         )
         out.append(format_table(r["report"]) + "\n")
         out.append(provenance(r) + "\n")
-    sweep = [r for r in rows if "real_train" not in r["report"]["rows"]]
+    sweep = [r for r in rows if not headline or r is not headline[-1]]
     out.append("## Quality against sampler, step count and training variant\n")
     if not sweep:
         out.append("No sweep record yet.\n")
