@@ -144,17 +144,27 @@ def test_a_resumed_run_takes_its_cooldown_from_the_command_line(tiny_data, tiny_
                                  cooldown_epochs=5))  # fmt: skip
 
 
-def test_vae_without_statistics_or_of_another_shape_is_refused(tiny_data, tiny_vae, tmp_path):
+def test_vae_without_statistics_is_refused_and_a_new_unet_takes_the_vae_shape(tiny_data, tiny_vae, tmp_path):
     raw = tmp_path / "raw_vae.pt"
     vae, record = checkpoint.load_vae(tiny_vae)
     fresh = VAE(vae.cfg)
     checkpoint.save(raw, checkpoint.KIND_VAE, checkpoint.vae_payload(fresh, {}))
     with pytest.raises(CatdogError, match="no latent statistics"):
         train(tiny_diffusion_cfg(tiny_data, raw, tmp_path / "r1", epochs=1))
-    cfg = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "r2", epochs=1)
-    cfg.unet.latent_channels = 4
+    cfg = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "r2", epochs=2, stop_at_epoch=1)
+    cfg.unet.latent_channels = 4  # a new run's UNet follows the VAE's latent shape instead
+    train(cfg)
+    saved = json.loads((tmp_path / "r2" / "config.json").read_text())["unet"]
+    assert (saved["latent_channels"], saved["latent_size"]) == vae.cfg.latent_shape[:2]
+    state = checkpoint.load(
+        tmp_path / "r2" / "diffusion_train_state.pt", checkpoint.KIND_DIFFUSION_TRAIN_STATE
+    )
+    state["train_config"]["unet"]["latent_channels"] = 4  # a resumed run keeps its saved shape
+    checkpoint.save(
+        tmp_path / "r2" / "diffusion_train_state.pt", checkpoint.KIND_DIFFUSION_TRAIN_STATE, state
+    )
     with pytest.raises(CatdogError, match="does not match the VAE"):
-        train(cfg)
+        train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "r2", epochs=2), resume=True)
 
 
 def test_resume_after_the_vae_file_changed_is_refused(tiny_data, tiny_vae, tmp_path):

@@ -232,6 +232,8 @@ def train_on(
     if state is not None and not checkpoint.fits_link(vae, vae_record, state["vae"]):
         raise CatdogError(f"VAE {cfg.vae_path} is not the one this diffusion run was trained on")
     vae_link = checkpoint.vae_link(vae, str(Path(cfg.vae_path).resolve()))
+    if state is None:  # a new UNet takes its VAE's latent shape; a resumed one keeps its own
+        cfg.unet.latent_channels, cfg.unet.latent_size = vae.cfg.latent_shape[:2]
     if (vae.cfg.latent_channels, vae.cfg.latent_size) != (
         cfg.unet.latent_channels,
         cfg.unet.latent_size,
