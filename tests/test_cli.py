@@ -162,11 +162,13 @@ def test_diffusion_flags_reach_the_config():
     add_diffusion_train_args(parser)
     flags = ["--crop-copies", "3", "--crop-min-scale", "0.9", "--dropout", "0.2",
              "--schedule", "linear", "--objective", "eps", "--repa_weight", "0.5",
-             "--repa-layer", "15", "--repa_hidden", "128", "--vgg-weights", "vgg.pth"]  # fmt: skip
+             "--repa-layer", "15", "--repa_hidden", "128", "--vgg-weights", "vgg.pth",
+             "--logsnr-shift", "-0.7"]  # fmt: skip
     cfg = diffusion_config_from_args(parser.parse_args(flags))
     assert (cfg.repa_weight, cfg.repa_layer, cfg.vgg_weights) == (0.5, 15, "vgg.pth")
     assert cfg.repa_hidden == 128
     assert (cfg.crop_copies, cfg.crop_min_scale, cfg.unet.dropout) == (3, 0.9, 0.2)
     assert (cfg.schedule.kind, cfg.schedule.objective) == ("linear", "eps")
+    assert cfg.schedule.logsnr_shift == -0.7
     default = diffusion_config_from_args(parser.parse_args([]))
     assert (default.crop_copies, default.unet.dropout, default.repa_weight) == (0, 0.0, 0.5)

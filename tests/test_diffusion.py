@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -34,6 +36,18 @@ def test_prediction_conversions_invert_the_target(kind, objective):
     x0_hat, eps_hat = schedule.predict_x0_eps(schedule.target(x0, noise, t), x_t, t)
     torch.testing.assert_close(x0_hat, x0, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(eps_hat, noise, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shift", [-math.log(2), 1.0])
+def test_logsnr_shift_moves_every_level_by_the_shift(kind, shift):
+    base = NoiseSchedule(ScheduleConfig(kind=kind, num_timesteps=100)).alpha_bar.double()
+    ab = NoiseSchedule(ScheduleConfig(kind=kind, num_timesteps=100, logsnr_shift=shift)).alpha_bar
+    ab = ab.double()
+    logsnr = lambda a: (a / (1 - a)).log()  # noqa: E731
+    inner = slice(1, 90)  # away from float32's ends
+    torch.testing.assert_close(logsnr(ab[inner]), logsnr(base[inner]) + shift, atol=1e-3, rtol=0)
+    assert ab[0] == 1 and (ab[1:] < ab[:-1]).all() and ab[-1] >= 0
+    assert (ab[1:] < base[1:]).all() if shift < 0 else (ab[1:-1] > base[1:-1]).all()
 
 
 def test_min_snr_weight_caps_low_noise_steps():

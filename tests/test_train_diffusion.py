@@ -144,7 +144,9 @@ def test_a_resumed_run_takes_its_cooldown_from_the_command_line(tiny_data, tiny_
                                  cooldown_epochs=5))  # fmt: skip
 
 
-def test_vae_without_statistics_is_refused_and_a_new_unet_takes_the_vae_shape(tiny_data, tiny_vae, tmp_path):
+def test_vae_without_statistics_is_refused_and_a_new_unet_takes_the_vae_shape(
+    tiny_data, tiny_vae, tmp_path
+):
     raw = tmp_path / "raw_vae.pt"
     vae, record = checkpoint.load_vae(tiny_vae)
     fresh = VAE(vae.cfg)

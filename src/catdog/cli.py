@@ -363,6 +363,12 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
     )
     _flag(
         parser,
+        "logsnr-shift",
+        type=float,
+        help=f"added to the schedule's log SNR; < 0 = noisier (default: {s.logsnr_shift})",
+    )
+    _flag(
+        parser,
         "latent-sampling",
         choices=["posterior", "mean"],
         help=f"train on posterior samples or means (default: {d.latent_sampling})",
@@ -479,7 +485,8 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
         if getattr(args, key) is not None:
             o["unet"][key] = getattr(args, key)
     for flag, key in (("schedule", "kind"), ("timesteps", "num_timesteps"),
-                      ("objective", "objective"), ("min_snr_gamma", "min_snr_gamma")):  # fmt: skip
+                      ("objective", "objective"), ("min_snr_gamma", "min_snr_gamma"),
+                      ("logsnr_shift", "logsnr_shift")):  # fmt: skip
         if getattr(args, flag) is not None:
             o["schedule"][key] = getattr(args, flag)
     run_keys = (

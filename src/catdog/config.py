@@ -170,6 +170,10 @@ class ScheduleConfig:
     beta_end: float = 0.02  # linear only
     objective: str = "v"  # "eps" | "v" (Salimans & Ho 2022)
     min_snr_gamma: float = 0.0  # > 0: min-SNR loss weighting (Hang et al. 2023)
+    # Added to log SNR at every noise level (Hoogeboom et al. 2023, "simple diffusion"):
+    # negative = noisier at every t. A latent with k times the dimensions of the one the
+    # schedule suits keeps more of its signal at the same SNR; -log(k) shifts that back.
+    logsnr_shift: float = 0.0
 
 
 @dataclass

@@ -41,6 +41,8 @@ class NoiseSchedule:
             alpha_bar = torch.cumprod(1 - betas, dim=0)
         else:
             raise ValueError(f"unknown schedule {cfg.kind!r}; choose linear or cosine")
+        if cfg.logsnr_shift:  # sigmoid(logit(alpha_bar) + shift), exact at alpha_bar = 0 or 1
+            alpha_bar = alpha_bar / (alpha_bar + (1 - alpha_bar) * math.exp(-cfg.logsnr_shift))
         if cfg.objective not in ("eps", "v"):
             raise ValueError(f"unknown objective {cfg.objective!r}; choose eps or v")
         self.alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar]).float()
