@@ -3,10 +3,12 @@
 import argparse
 import json
 
+import pytest
 from PIL import Image
 
 from catdog import checkpoint
 from catdog.cli import add_diffusion_train_args, diffusion_config_from_args
+from catdog.errors import CatdogError
 from tests.conftest import assert_one_line_error, run_cli, write_image_folder
 
 TINY = ["--preset", "tiny", "--no-progress"]
@@ -172,3 +174,5 @@ def test_diffusion_flags_reach_the_config():
     assert cfg.schedule.logsnr_shift == -0.7
     default = diffusion_config_from_args(parser.parse_args([]))
     assert (default.crop_copies, default.unet.dropout, default.repa_weight) == (0, 0.0, 0.5)
+    with pytest.raises(CatdogError, match="--logsnr-shift must be a finite number"):
+        diffusion_config_from_args(parser.parse_args(["--logsnr-shift", "nan"]))

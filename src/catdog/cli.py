@@ -4,6 +4,7 @@ typed config and calls the stage's ``train``; bad input becomes one ``error:`` l
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -525,6 +526,10 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
             )
     if cfg.schedule.num_timesteps <= 0:
         raise CatdogError(f"--timesteps must be positive, got {cfg.schedule.num_timesteps}")
+    if not math.isfinite(cfg.schedule.logsnr_shift):
+        raise CatdogError(
+            f"--logsnr-shift must be a finite number, got {cfg.schedule.logsnr_shift}"
+        )
     if cfg.guide_step < 0 or cfg.guide_guidance < 0:
         raise CatdogError("--guide-step and --guide-guidance must be >= 0")
     return cfg
