@@ -28,8 +28,8 @@ from .config import (
 )
 from .errors import CatdogError
 
-DEFAULTS = VAETrainConfig()
-DIFF_DEFAULTS = DiffusionTrainConfig()
+DEFAULTS = vae_preset("cpu")  # what an unset flag keeps: the default preset's value
+DIFF_DEFAULTS = diffusion_preset("cpu")
 GEN_DEFAULTS = GenerateConfig()
 TERM_HELP = {
     "kl": "KL divergence to N(0, I)",
