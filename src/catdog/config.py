@@ -300,9 +300,10 @@ VAE_PRESETS: dict[str, dict[str, Any]] = {
         "model": {"latent_channels": 8},
         "losses": {"kl": {"weight": 1e-3}, "adv": {"weight": 0.0}},
     },
-    # Wider, for a GPU.
+    # Wider, for a GPU, with the cpu preset's latent and loss recipe (not yet run on a GPU).
     "gpu": {
-        "model": {"channels": (64, 128, 256), "blocks_per_level": 2},
+        "model": {"channels": (64, 128, 256), "blocks_per_level": 2, "latent_channels": 8},
+        "losses": {"kl": {"weight": 1e-3}, "adv": {"weight": 0.0}},
         "disc": {"channels": (64, 128, 256)},
         "batch_size": 64,
     },
@@ -345,7 +346,12 @@ DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
     },
     # Wider, for a GPU: 6.9 M parameters, so the model and its guide (13.9 MB each in fp16)
     # ship beside the gpu VAE (15.3 MB) within 50 MB.
-    "gpu": {"unet": {"channels": (96, 192), "blocks_per_level": 2}, "batch_size": 256},
+    # The schedule shift is the cpu preset's, for the same 8-channel latent.
+    "gpu": {
+        "unet": {"latent_channels": 8, "channels": (96, 192), "blocks_per_level": 2},
+        "schedule": {"logsnr_shift": -0.693},
+        "batch_size": 256,
+    },
 }
 
 
