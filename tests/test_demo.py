@@ -25,21 +25,25 @@ def test_shipped_weights_are_a_linked_fp16_pair_within_budget():
 def test_the_default_presets_train_what_ships():
     """`main.py` with the default preset must reproduce the shipped weights' architecture and
     training recipe; only run lengths and paths may differ (the model card gives those)."""
-    import json
-
-    from catdog.config import diffusion_preset, to_dict, vae_preset
-
-    def as_saved(cfg) -> dict:  # tuples become lists, as in the checkpoint's JSON
-        return json.loads(json.dumps(to_dict(cfg)))
+    from catdog.config import (
+        DiffusionTrainConfig,
+        VAEConfig,
+        VAETrainConfig,
+        diffusion_preset,
+        from_dict,
+        vae_preset,
+    )
 
     record = checkpoint.load(SHIPPED_MODEL, checkpoint.KIND_DIFFUSION)
     _, vae_path = checkpoint.find_vae(SHIPPED_MODEL, record)
     vae_record = checkpoint.load(vae_path, checkpoint.KIND_VAE)
-    vae_default = as_saved(vae_preset("cpu"))
-    assert vae_record["config"] == vae_default["model"]
+    vae_default = vae_preset("cpu")
+    assert from_dict(VAEConfig, vae_record["config"]) == vae_default.model
+    vae_saved = from_dict(VAETrainConfig, vae_record["train_config"])
     for key in ("losses", "batch_size", "lr", "disc"):
-        assert vae_record["train_config"][key] == vae_default[key], key
-    diffusion_default = as_saved(diffusion_preset("cpu"))
+        assert getattr(vae_saved, key) == getattr(vae_default, key), key
+    diffusion_default = diffusion_preset("cpu")
+    diffusion_saved = from_dict(DiffusionTrainConfig, record["train_config"])
     for key in (
         "unet",
         "schedule",
@@ -53,7 +57,7 @@ def test_the_default_presets_train_what_ships():
         "guide_step",
         "guide_guidance",
     ):
-        assert record["train_config"][key] == diffusion_default[key], key
+        assert getattr(diffusion_saved, key) == getattr(diffusion_default, key), key
 
 
 def test_demo_writes_both_classes_gifs_and_the_denoising_path(tmp_path):

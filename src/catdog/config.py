@@ -283,6 +283,31 @@ class EvaluateConfig:
     progress: bool = True
 
 
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# The recipe of the shipped weights, shared by the cpu and gpu presets: an 8x12x12 latent
+# (reconstructions under the KID target), KL 1e-3 and no adversarial term for the VAE, and a
+# schedule shifted by -log 2 in log SNR for that latent's twice as many dimensions
+# (docs/design.md, "The richer latent" and "A wider UNet for the 8-channel latent").
+LATENT_CHANNELS = 8
+VAE_RECIPE: dict[str, Any] = {
+    "model": {"latent_channels": LATENT_CHANNELS},
+    "losses": {"kl": {"weight": 1e-3}, "adv": {"weight": 0.0}},
+}
+DIFFUSION_RECIPE: dict[str, Any] = {
+    "unet": {"latent_channels": LATENT_CHANNELS},
+    "schedule": {"logsnr_shift": -0.693},
+}
+
 VAE_PRESETS: dict[str, dict[str, Any]] = {
     # A few thousand parameters: for tests and smoke runs (16 px images).
     "tiny": {
@@ -293,20 +318,17 @@ VAE_PRESETS: dict[str, dict[str, Any]] = {
         "eval_every": 1,
         "viz_every": 1,
     },
-    # The default: sized for a 2-core CPU at 48 px, and what the shipped weights were trained
-    # with: an 8x12x12 latent (reconstructions under the KID target), KL 1e-3 and no
-    # adversarial term (docs/design.md, "The richer latent" and "A wider UNet").
-    "cpu": {
-        "model": {"latent_channels": 8},
-        "losses": {"kl": {"weight": 1e-3}, "adv": {"weight": 0.0}},
-    },
-    # Wider, for a GPU, with the cpu preset's latent and loss recipe (not yet run on a GPU).
-    "gpu": {
-        "model": {"channels": (64, 128, 256), "blocks_per_level": 2, "latent_channels": 8},
-        "losses": {"kl": {"weight": 1e-3}, "adv": {"weight": 0.0}},
-        "disc": {"channels": (64, 128, 256)},
-        "batch_size": 64,
-    },
+    # The default: sized for a 2-core CPU at 48 px; the shipped weights were trained with it.
+    "cpu": VAE_RECIPE,
+    # Wider, for a GPU, with the same recipe (not yet run on a GPU).
+    "gpu": merge(
+        VAE_RECIPE,
+        {
+            "model": {"channels": (64, 128, 256), "blocks_per_level": 2},
+            "disc": {"channels": (64, 128, 256)},
+            "batch_size": 64,
+        },
+    ),
     # Decoder fine-tuning (--finetune-decoder) of a trained VAE: L1 + VGG at a low constant
     # learning rate, no adversarial term, noise on the latents (docs/design.md, "Decoder
     # fine-tuning").
@@ -338,20 +360,17 @@ DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
         "sample_every": 1,
     },  # fmt: skip
     # The default, and what the shipped weights were trained with: a UNet wide enough for the
-    # cpu VAE's 8x12x12 latent, and a schedule shifted by -log 2 for its twice as many
-    # dimensions (docs/design.md, "A wider UNet for the 8-channel latent").
-    "cpu": {
-        "unet": {"latent_channels": 8, "channels": (64, 128)},
-        "schedule": {"logsnr_shift": -0.693},
-    },
+    # 8x12x12 latent (docs/design.md, "A wider UNet for the 8-channel latent").
+    "cpu": merge(DIFFUSION_RECIPE, {"unet": {"channels": (64, 128)}}),
     # Wider, for a GPU: 6.9 M parameters, so the model and its guide (13.9 MB each in fp16)
     # ship beside the gpu VAE (15.3 MB) within 50 MB.
-    # The schedule shift is the cpu preset's, for the same 8-channel latent.
-    "gpu": {
-        "unet": {"latent_channels": 8, "channels": (96, 192), "blocks_per_level": 2},
-        "schedule": {"logsnr_shift": -0.693},
-        "batch_size": 256,
-    },
+    "gpu": merge(
+        DIFFUSION_RECIPE,
+        {
+            "unet": {"channels": (96, 192), "blocks_per_level": 2},
+            "batch_size": 256,
+        },
+    ),
 }
 
 
@@ -375,17 +394,6 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
-
-
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``override`` into a copy of ``base``."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _preset(cls: type[T], presets: dict[str, dict[str, Any]], name: str) -> T:
