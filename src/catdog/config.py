@@ -361,7 +361,7 @@ DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
     },  # fmt: skip
     # The default, and what the shipped weights were trained with: a UNet wide enough for the
     # 8x12x12 latent (docs/design.md, "A wider UNet for the 8-channel latent").
-    "cpu": merge(DIFFUSION_RECIPE, {"unet": {"channels": (64, 128)}}),
+    "cpu": merge(DIFFUSION_RECIPE, {"unet": {"channels": (80, 160)}}),
     # Wider, for a GPU: 6.9 M parameters, so the model and its guide (13.9 MB each in fp16)
     # ship beside the gpu VAE (15.3 MB) within 50 MB.
     "gpu": merge(
