@@ -360,7 +360,8 @@ DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
         "sample_every": 1,
     },  # fmt: skip
     # The default, and what the shipped weights were trained with: a UNet wide enough for the
-    # 8x12x12 latent (docs/design.md, "A wider UNet for the 8-channel latent").
+    # 8x12x12 latent, the widest that trains inside the hour on 2 CPU cores (docs/design.md,
+    # "A wider UNet for the 8-channel latent" and "80/160: wider still").
     "cpu": merge(DIFFUSION_RECIPE, {"unet": {"channels": (80, 160)}}),
     # Wider, for a GPU: 6.9 M parameters, so the model and its guide (13.9 MB each in fp16)
     # ship beside the gpu VAE (15.3 MB) within 50 MB.
