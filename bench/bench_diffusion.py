@@ -2,7 +2,8 @@
 (images/s, decoding included) for DDPM over all T steps, DDIM at 10, 25 and 50 steps and
 DPM-Solver++(2M) at 10, 20 and 25 steps, with guidance: classifier-free (two UNet passes a
 step), or autoguidance (one pass of the UNet and one of its smaller guide) when the model has a
-guide or ``--guide-path`` names one.
+guide or ``--guide-path`` names one, optionally with a classifier-free term on top
+(``--class-guidance``, a third pass).
 
 Speed does not depend on the weights, so a model pair is optional: without --model-path the
 UNet and VAE of the chosen presets are built with random weights.
@@ -57,12 +58,21 @@ def train_throughput(unet: UNet, schedule: NoiseSchedule, batch: int, repeats: i
 
 
 def sample_throughput(
-    unet, vae, schedule, sampler: str, steps: int, n: int, guidance: float, guide=None
+    unet,
+    vae,
+    schedule,
+    sampler: str,
+    steps: int,
+    n: int,
+    guidance: float,
+    guide=None,
+    class_guidance: float = 1.0,
 ) -> float:
     labels = torch.arange(n) % 2
     start = time.perf_counter()
     z = sample_latents(unet, schedule, labels, list(range(n)), sampler=sampler, steps=steps,
-                       guidance=guidance, eta=0.0, batch_size=n, guide=guide)  # fmt: skip
+                       guidance=guidance, eta=0.0, batch_size=n, guide=guide,
+                       class_guidance=class_guidance)  # fmt: skip
     with torch.no_grad():
         vae.decode(vae.denormalize_latent(z))
     return n / (time.perf_counter() - start)
@@ -79,6 +89,8 @@ def main() -> None:
                         help="default: the model guide's scale, else 2.0")  # fmt: skip
     parser.add_argument("--guide-path", default=None,
                         help="autoguidance guide (default: the model's; 'none' = CFG)")  # fmt: skip
+    parser.add_argument("--class-guidance", type=float, default=1.0,
+                        help="with autoguidance: the CFG term on top (1 = off)")  # fmt: skip
     parser.add_argument("--images", type=int, default=64, help="images per sampling measurement")
     parser.add_argument("--ddpm-images", type=int, default=8, help="images for the T-step DDPM")
     parser.add_argument("--batch", type=int, default=128, help="training batch")
@@ -105,6 +117,7 @@ def main() -> None:
         "guidance": guidance,
         "guide": "autoguidance" if guide is not None else "classifier-free",
         "guide_params": sum(p.numel() for p in guide.parameters()) if guide is not None else 0,
+        "class_guidance": args.class_guidance,
         "train_latents_per_s": round(train_throughput(unet, schedule, args.batch), 1),
         "sampling_images_per_s": {},
     }
@@ -112,7 +125,8 @@ def main() -> None:
     runs += [("ddim", s, args.images) for s in (10, 25, 50)]
     runs += [("dpmpp", s, args.images) for s in (10, 20, 25)]
     for sampler, steps, n in runs:
-        speed = sample_throughput(unet, vae, schedule, sampler, steps, n, guidance, guide)
+        speed = sample_throughput(unet, vae, schedule, sampler, steps, n, guidance, guide,
+                                  args.class_guidance)  # fmt: skip
         record["sampling_images_per_s"][f"{sampler}-{steps}"] = round(speed, 2)
         print(f"{sampler}-{steps}: {speed:.2f} images/s", flush=True)
     print(f"training: {record['train_latents_per_s']} latents/s")

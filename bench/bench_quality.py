@@ -35,6 +35,10 @@ def main() -> None:
     add_scoring_args(parser, num_per_class=800)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument(
+        "--class-guidance", type=float, default=EvaluateConfig.class_guidance,
+        help="with autoguidance: the classifier-free term on top (1 = off)",
+    )  # fmt: skip
+    parser.add_argument(
         "--sweep", default=None,
         help="sampler:steps[:guidance],... (ddpm = all T steps, e.g. ddpm::2)",
     )  # fmt: skip
@@ -58,20 +62,24 @@ def main() -> None:
             steps=steps,
             guidance=scale,
             guide_path=args.guide_path,
+            class_guidance=args.class_guidance,
             vae_path=args.vae_path,
             inception_weights=args.inception_weights,
             cache_dir=args.cache_dir,
             reference_points=not args.no_reference_points,
-            output=f"runs/bench_quality/{sampler}-{steps}-g{scale or 'default'}.json",
+            output=f"runs/bench_quality/{sampler}-{steps}-g{scale or 'default'}"
+            f"-c{args.class_guidance}.json",
             progress=False,
         )
         start = time.perf_counter()
         report = evaluate(cfg)
-        print(f"{sampler}-{steps}, {report['guide']} guidance {cfg.guidance}:\n"
+        print(f"{sampler}-{steps}, {report['guide']} guidance {cfg.guidance}, class guidance "
+              f"{cfg.class_guidance}:\n"
               f"{format_table(report)}\n", flush=True)  # fmt: skip
         append_record("quality.jsonl", {
             **record_header(), "label": args.label, "sampler": sampler, "steps": steps,
             "guidance": cfg.guidance, "guide": report["guide"],
+            "class_guidance": cfg.class_guidance,
             "num_per_class": cfg.num_per_class,
             "seconds": round(time.perf_counter() - start, 1), "report": report,
         })  # fmt: skip

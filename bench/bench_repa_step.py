@@ -33,10 +33,19 @@ from catdog.losses import alignment_loss  # noqa: E402
 from catdog.models.unet import FeatureProjector, UNet  # noqa: E402
 
 
-def make_step(hidden: int, batch: int, rows: int, feature_channels: int):
-    """One training step's closure for a projector of width ``hidden`` (0 = no REPA)."""
+def make_step(
+    hidden: int,
+    batch: int,
+    rows: int,
+    feature_channels: int,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    compiled: bool = False,
+):
+    """One training step's closure for a projector of width ``hidden`` (0 = no REPA); the UNet
+    in ``memory_format``, its forward pass ``torch.compile``d if ``compiled``."""
     cfg = diffusion_preset("cpu")
-    unet = UNet(cfg.unet).train()
+    unet = UNet(cfg.unet).train().to(memory_format=memory_format)
+    forward = torch.compile(unet) if compiled else unet
     schedule = NoiseSchedule(cfg.schedule)
     projector = (
         FeatureProjector(cfg.unet.channels[-1], feature_channels, hidden) if hidden else None
@@ -53,12 +62,12 @@ def make_step(hidden: int, batch: int, rows: int, feature_channels: int):
         x0, y = latents[index], labels[index]
         noise = torch.randn_like(x0)
         t = torch.randint(1, schedule.num_timesteps + 1, (batch,))
-        xt = schedule.add_noise(x0, noise, t)
+        xt = schedule.add_noise(x0, noise, t).contiguous(memory_format=memory_format)
         if projector is None:
-            prediction = unet(xt, t, y)
+            prediction = forward(xt, t, y)
             total = F.mse_loss(prediction, schedule.target(x0, noise, t))
         else:
-            prediction, middle = unet(xt, t, y, return_features=True)
+            prediction, middle = forward(xt, t, y, return_features=True)
             total = F.mse_loss(prediction, schedule.target(x0, noise, t))
             total = total + 0.5 * alignment_loss(projector(middle), features[index])
         opt.zero_grad(set_to_none=True)

@@ -147,6 +147,51 @@ def test_autoguidance_extrapolates_from_the_guide_given_the_same_label():
     torch.testing.assert_close(same, model(x, t, labels))  # a guide equal to the model: no-op
 
 
+def test_class_guidance_adds_a_classifier_free_term_to_autoguidance():
+    def model(x, t, labels):  # the null label (2) gives the unconditional output 10
+        return x + torch.where(labels == 2, 10.0, 2.0 * labels.float())[:, None, None, None]
+
+    def guide(x, t, labels):
+        return x + labels[:, None, None, None].float()
+
+    x, t, labels = torch.zeros(2, 1, 2, 2), torch.tensor([5, 5]), torch.tensor([0, 1])
+    plain = guided_output(model, x, t, labels, 3.0, null_label=2, guide=guide)
+    one = guided_output(model, x, t, labels, 3.0, null_label=2, guide=guide, class_guidance=1.0)
+    assert torch.equal(one, plain)  # class guidance 1 is plain autoguidance, exactly
+    out = guided_output(model, x, t, labels, 3.0, null_label=2, guide=guide, class_guidance=2.5)
+    m, g = 2.0 * labels.float(), labels.float()
+    expected = m + 2 * (m - g) + 1.5 * (m - 10)  # m + (w_a - 1)(m - g) + (w_c - 1)(m - m_null)
+    torch.testing.assert_close(out, expected[:, None, None, None].expand_as(x))
+    cfg_only = guided_output(model, x, t, labels, 1.0, null_label=2, guide=guide,
+                             class_guidance=2.5)  # fmt: skip
+    torch.testing.assert_close(cfg_only, (m + 1.5 * (m - 10))[:, None, None, None].expand_as(x))
+    with pytest.raises(ValueError, match="needs a guide"):
+        guided_output(model, x, t, labels, 3.0, null_label=2, class_guidance=2.5)
+
+
+@pytest.mark.parametrize("sampler", [ddim_sample, dpmpp_2m_sample])
+def test_samplers_pass_class_guidance_on(sampler):
+    schedule = NoiseSchedule(ScheduleConfig(num_timesteps=50))
+    torch.manual_seed(0)
+    net, weak = torch.nn.Conv2d(2, 2, 3, padding=1), torch.nn.Conv2d(2, 2, 3, padding=1)
+    shift = torch.nn.Embedding(3, 2)
+
+    def model(x, t, labels):
+        return net(x) + shift(labels)[:, :, None, None]
+
+    def guide(x, t, labels):
+        return weak(x)
+
+    x, labels = torch.randn(2, 2, 4, 4), torch.tensor([0, 1])
+    kw = {"labels": labels, "schedule": schedule, "null_label": 2, "guide": guide}
+    with torch.no_grad():
+        auto = sampler(model, x, [50, 30, 10], guidance=3.0, **kw)
+        same = sampler(model, x, [50, 30, 10], guidance=3.0, class_guidance=1.0, **kw)
+        pushed = sampler(model, x, [50, 30, 10], guidance=3.0, class_guidance=3.0, **kw)
+    assert torch.equal(same, auto)
+    assert not torch.allclose(pushed, auto)
+
+
 @pytest.mark.parametrize("sampler", [ddim_sample, dpmpp_2m_sample])
 def test_samplers_pass_the_guide_on(sampler):
     schedule = NoiseSchedule(ScheduleConfig(num_timesteps=50))

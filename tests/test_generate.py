@@ -169,6 +169,28 @@ def test_a_guide_model_changes_the_samples_and_none_is_classifier_free(tiny_pair
     assert not torch.equal(auto, cfg_none)
 
 
+def test_class_guidance_changes_autoguided_samples_and_needs_a_guide(tiny_pair, tiny_guide,
+                                                                     tmp_path):  # fmt: skip
+    kw = {"num_samples": 2, "steps": 4, "guidance": 3.0, "guide_path": str(tiny_guide)}
+    auto = _images(generate(cfg_for(tiny_pair, tmp_path / "a", **kw)))
+    one = _images(generate(cfg_for(tiny_pair, tmp_path / "o", class_guidance=1.0, **kw)))
+    assert torch.equal(one, auto)
+    pushed = generate(cfg_for(tiny_pair, tmp_path / "p", class_guidance=3.0, **kw))
+    assert len(pushed) == 3
+    # The tiny model's labels barely move its images' pixels, so compare latents.
+    unet, schedule, _ = checkpoint.load_diffusion(str(tiny_pair))
+    guide, _, _ = checkpoint.load_diffusion(str(tiny_guide))
+    latents = {w: sample_latents(unet, schedule, torch.tensor([0, 1]), [0, 1], steps=4,
+                                 guidance=3.0, guide=guide, class_guidance=w)
+               for w in (1.0, 3.0)}  # fmt: skip
+    assert not torch.allclose(latents[1.0], latents[3.0])
+    with pytest.raises(CatdogError, match="no guide"):
+        generate(cfg_for(tiny_pair, tmp_path / "n", guide_path="none", class_guidance=3.0))
+    with pytest.raises(CatdogError, match="--class-guidance must be >= 0"):
+        generate(cfg_for(tiny_pair, tmp_path / "m", class_guidance=-1.0, **kw))
+    assert not (tmp_path / "n").exists() and not (tmp_path / "m").exists()
+
+
 def test_find_guide_checks_that_the_guide_belongs_with_the_model(tiny_pair, tiny_guide, tiny_vae,
                                                                  tmp_path):  # fmt: skip
     record = checkpoint.load(tiny_pair, checkpoint.KIND_DIFFUSION)
@@ -238,3 +260,7 @@ def test_guide_flag_on_the_original_script(tiny_pair, tiny_guide, tiny_vae, tmp_
                   "--output", str(tmp_path / "bad"))  # fmt: skip
     assert_one_line_error(bad, "is a VAE checkpoint")
     assert not (tmp_path / "bad").exists()
+    no_guide = run_cli("generate.py", "--model_path", str(tiny_pair), "--guide_path", "none",
+                       "--class_guidance", "3", "--output", str(tmp_path / "ng"))  # fmt: skip
+    assert_one_line_error(no_guide, "--class-guidance adds a classifier-free term")
+    assert not (tmp_path / "ng").exists()

@@ -1,6 +1,6 @@
 """Noise schedule and samplers for latent diffusion. Samplers are pure functions with one
 signature: ``sampler(model, x_T, timesteps, *, labels, schedule, guidance, generators, callback,
-guide)``.
+guide, class_guidance)``.
 
 Timesteps 1..T are noise levels and t = 0 is the clean latent (alpha_bar(0) = 1), so
 ``add_noise(x0, noise, 0) == x0`` exactly, and every sampler ends on t = 0.
@@ -106,6 +106,7 @@ def guided_output(
     guidance: float,
     null_label: int,
     guide: Denoiser | None = None,
+    class_guidance: float = 1.0,
 ) -> torch.Tensor:
     """Guided output: ``reference + guidance * (model - reference)``.
 
@@ -114,19 +115,41 @@ def guided_output(
     reference is a weaker model of the same kind (smaller, shorter trained) given the same
     label, which pushes samples away from the weak model's errors rather than towards the
     class. ``guidance`` 1 is exactly the conditional model (one forward pass) in both cases.
+
+    ``class_guidance`` (with a ``guide`` only) adds a classifier-free term on top:
+    ``model + (guidance - 1)(model - guide) + (class_guidance - 1)(model - model(null))``, a
+    third pass per step that pushes towards the asked-for class (docs/design.md, "Class
+    guidance on top of autoguidance, as an option"). 1 leaves plain autoguidance, exactly.
     """
-    if guidance == 1.0:
+    if guidance == 1.0 and class_guidance == 1.0:
         return model(x, t, labels)
-    if guide is not None:
+    if class_guidance != 1.0 and guide is None:
+        raise ValueError("class_guidance needs a guide; without one, guidance is the "
+                         "classifier-free scale")  # fmt: skip
+    if guide is None:
+        cond, uncond = _conditional_and_null(model, x, t, labels, null_label)
+        return uncond + guidance * (cond - uncond)
+    if class_guidance == 1.0:
         reference = guide(x, t, labels)
         return reference + guidance * (model(x, t, labels) - reference)
+    cond, uncond = _conditional_and_null(model, x, t, labels, null_label)
+    out = cond + (class_guidance - 1) * (cond - uncond)
+    if guidance != 1.0:
+        out = out + (guidance - 1) * (cond - guide(x, t, labels))
+    return out
+
+
+def _conditional_and_null(
+    model: Denoiser, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, null_label: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model given the labels and given the null label, in one batched pass."""
     both = model(
         torch.cat([x, x]),
         torch.cat([t, t]),
         torch.cat([labels, torch.full_like(labels, null_label)]),
     )
     cond, uncond = both.chunk(2)
-    return uncond + guidance * (cond - uncond)
+    return cond, uncond
 
 
 def per_sample_noise(
@@ -151,6 +174,7 @@ def ddim_sample(
     generators: Sequence[torch.Generator] | None = None,
     callback: Callback | None = None,
     guide: Denoiser | None = None,
+    class_guidance: float = 1.0,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) from x at ``timesteps[0]`` down to t = 0.
 
@@ -161,7 +185,8 @@ def ddim_sample(
     steps = list(timesteps) + [0]
     for i, (t, t_prev) in enumerate(zip(steps[:-1], steps[1:], strict=True)):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        output = guided_output(model, x, t_batch, labels, guidance, null_label, guide)
+        output = guided_output(model, x, t_batch, labels, guidance, null_label, guide,
+                               class_guidance)  # fmt: skip
         x0, eps = schedule.predict_x0_eps(output, x, t_batch)
         ab, ab_prev = alpha_bar[t], alpha_bar[t_prev]
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
@@ -196,6 +221,7 @@ def dpmpp_2m_sample(
     generators: Sequence[torch.Generator] | None = None,
     callback: Callback | None = None,
     guide: Denoiser | None = None,
+    class_guidance: float = 1.0,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): a deterministic second-order multistep solver
     on the data prediction, good at 10-25 steps. ``eta`` and ``generators`` are unused."""
@@ -207,7 +233,8 @@ def dpmpp_2m_sample(
     previous_x0, previous_h = None, None
     for i, (t, t_next) in enumerate(zip(steps[:-1], steps[1:], strict=True)):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        output = guided_output(model, x, t_batch, labels, guidance, null_label, guide)
+        output = guided_output(model, x, t_batch, labels, guidance, null_label, guide,
+                               class_guidance)  # fmt: skip
         x0, _ = schedule.predict_x0_eps(output, x, t_batch)
         if t_next == 0:  # sigma = 0: the solution is the data prediction itself
             x = x0

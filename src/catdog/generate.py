@@ -52,11 +52,13 @@ def sample_latents(
     progress: bool = False,
     device: torch.device | str = "cpu",
     guide: torch.nn.Module | None = None,
+    class_guidance: float = 1.0,
 ) -> torch.Tensor:
     """Normalised latents, one per (label, seed); image i depends only on its own seed.
 
     With a ``guide`` (a weaker model, see ``checkpoint.find_guide``) the guidance is
-    autoguidance instead of classifier-free guidance.
+    autoguidance instead of classifier-free guidance, and ``class_guidance`` may add a
+    classifier-free term on top (``diffusion.guided_output``).
 
     The noise is drawn on the CPU and the sampling runs on the UNet's ``device``."""
     shape = (unet.cfg.latent_channels, unet.cfg.latent_size, unet.cfg.latent_size)
@@ -70,7 +72,7 @@ def sample_latents(
             unet, x, timesteps, labels=labels[start : start + batch_size].to(device),
             schedule=schedule,
             null_label=unet.null_label, guidance=guidance, eta=eta, generators=gens,
-            callback=callback, guide=guide,
+            callback=callback, guide=guide, class_guidance=class_guidance,
         ))  # fmt: skip
     return torch.cat(out)
 
@@ -97,9 +99,20 @@ def _check(cfg: GenerateConfig, num_timesteps: int | None = None) -> None:
         raise CatdogError(f"--batch_size must be at least 1, got {cfg.batch_size}")
     if cfg.guidance is not None and cfg.guidance < 0:
         raise CatdogError(f"--guidance must be >= 0, got {cfg.guidance}")
+    if cfg.class_guidance < 0:
+        raise CatdogError(f"--class-guidance must be >= 0, got {cfg.class_guidance}")
     if cfg.steps <= 0 or (num_timesteps is not None and cfg.steps > num_timesteps):
         limit = f"1..{num_timesteps}" if num_timesteps else "at least 1"
         raise CatdogError(f"--steps must be in {limit}, got {cfg.steps}")
+
+
+def check_class_guidance(class_guidance: float, guide: torch.nn.Module | None) -> None:
+    """``class_guidance`` adds to autoguidance; without a guide it has nothing to add to."""
+    if class_guidance != 1.0 and guide is None:
+        raise CatdogError(
+            "--class-guidance adds a classifier-free term to autoguidance, and this model has "
+            "no guide (or --guide-path none); use --guidance for classifier-free guidance"
+        )
 
 
 def _check_writable(folder: Path) -> None:
@@ -125,6 +138,7 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     vae, _ = checkpoint.find_vae(model_path, record, cfg.vae_path)
     guide, link = checkpoint.find_guide(model_path, record, cfg.guide_path)
     guidance = checkpoint.resolve_guidance(cfg.guidance, link)
+    check_class_guidance(cfg.class_guidance, guide)
     output = Path(cfg.output)
     _check_writable(output)
     label = class_label(cfg.class_name)
@@ -132,7 +146,8 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     steps = schedule.num_timesteps if cfg.sampler == "ddpm" else cfg.steps
     z = sample_latents(unet, schedule, torch.full((cfg.num_samples,), label), seeds,
                        sampler=cfg.sampler, steps=steps, guidance=guidance, eta=cfg.eta,
-                       batch_size=cfg.batch_size, progress=cfg.progress, guide=guide)  # fmt: skip
+                       batch_size=cfg.batch_size, progress=cfg.progress, guide=guide,
+                       class_guidance=cfg.class_guidance)  # fmt: skip
     images = decode_latents(vae, z)
     paths = []
     for i, image in enumerate(images):
