@@ -59,12 +59,15 @@ def table(out: list[str], head: list[str], body: list[list[str]]) -> None:
     out.extend("| " + " | ".join(cells) + " |" for cells in body)
 
 
+def class_guidance_text(r: dict) -> str:
+    """' + CFG W' when a record used the classifier-free term on top (--class-guidance W)."""
+    return f" + CFG {r['class_guidance']}" if r.get("class_guidance", 1.0) != 1.0 else ""
+
+
 def guidance_text(r: dict) -> str:
     """The guidance of a quality record: classifier-free (CFG) unless a guide model was used."""
-    text = f"{'autoguidance' if r.get('guide') == 'autoguidance' else 'CFG'} {r['guidance']}"
-    if r.get("class_guidance", 1.0) != 1.0:  # the classifier-free term on top (--class-guidance)
-        text += f" + CFG {r['class_guidance']}"
-    return text
+    kind = "autoguidance" if r.get("guide") == "autoguidance" else "CFG"
+    return f"{kind} {r['guidance']}{class_guidance_text(r)}"
 
 
 def scores_shipped(r: dict) -> bool:
@@ -220,8 +223,7 @@ def speed_section(out: list[str]) -> None:
         speeds = [str(r["sampling_images_per_s"].get(k, "-")) for k in keys]
         guide = (f"autoguidance (guide {r['guide_params'] / 1e6:.2f} M)"
                  if r.get("guide") == "autoguidance" else "CFG")  # fmt: skip
-        if r.get("class_guidance", 1.0) != 1.0:
-            guide += f" + CFG {r['class_guidance']}"
+        guide += class_guidance_text(r)
         out.append(
             f"| {tuple(u['channels'])} x {u['blocks_per_level']} | "
             f"{r['unet_params'] / 1e6:.2f} M | {guide} | " + " | ".join(speeds) + " |"
