@@ -16,7 +16,6 @@ Appends one JSON record to bench/results/diffusion_step.jsonl.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bench_repa_step import make_step  # noqa: E402
-from common import append_record, record_header  # noqa: E402
+from common import append_record, interleaved_median_ms, record_header  # noqa: E402
 
 from catdog.config import diffusion_preset, to_dict  # noqa: E402
 
@@ -55,19 +54,12 @@ def main() -> None:
         for _ in range(3):  # compiles the forward and backward graphs where compiled
             steps[name]()
         warmup[name] = time.perf_counter() - start
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for _ in range(args.rounds):
-        for name in VARIANTS:
-            for _ in range(args.steps):
-                start = time.perf_counter()
-                steps[name]()
-                times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["eager"])
+    median_ms = interleaved_median_ms(steps, args.rounds, args.steps)
     results = {}
     for name in VARIANTS:
-        ms = statistics.median(times[name]) * 1000
+        ms = median_ms[name]
         results[name] = {"median_ms_per_step": round(ms, 1),
-                         "vs_eager_pct": round(100 * (ms / 1000 / base - 1), 1),
+                         "vs_eager_pct": round(100 * (ms / median_ms["eager"] - 1), 1),
                          "warmup_s": round(warmup[name], 1)}  # fmt: skip
         print(f"{name}: {ms:.1f} ms/step ({results[name]['vs_eager_pct']:+.1f} %), "
               f"warm-up {warmup[name]:.1f} s", flush=True)  # fmt: skip

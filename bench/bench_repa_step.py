@@ -15,9 +15,7 @@ Appends one JSON record to bench/results/repa_step.jsonl.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from common import append_record, record_header  # noqa: E402
+from common import append_record, interleaved_median_ms, record_header  # noqa: E402
 
 from catdog.config import diffusion_preset, to_dict  # noqa: E402
 from catdog.diffusion import NoiseSchedule  # noqa: E402
@@ -95,20 +93,13 @@ def main() -> None:
     for hidden in settings:
         steps[hidden], params[hidden] = make_step(hidden, args.batch, 2000, args.feature_channels)
         steps[hidden]()  # warm-up
-    times: dict[int, list[float]] = {h: [] for h in settings}
-    for _ in range(args.rounds):
-        for hidden in settings:
-            for _ in range(args.steps):
-                start = time.perf_counter()
-                steps[hidden]()
-                times[hidden].append(time.perf_counter() - start)
-    base = statistics.median(times[0])
+    median_ms = interleaved_median_ms(steps, args.rounds, args.steps)
     results = {}
     for hidden in settings:
-        ms = statistics.median(times[hidden]) * 1000
+        ms = median_ms[hidden]
         name = "off" if hidden == 0 else f"hidden {hidden}"
         results[name] = {"median_ms_per_step": round(ms, 1), "projector_params": params[hidden],
-                         "overhead_pct": round(100 * (ms / 1000 / base - 1), 1)}  # fmt: skip
+                         "overhead_pct": round(100 * (ms / median_ms[0] - 1), 1)}  # fmt: skip
         print(f"REPA {name}: {ms:.1f} ms/step, {results[name]['overhead_pct']:+.1f} %", flush=True)
     append_record("repa_step.jsonl", {
         **record_header(), "unet_config": to_dict(diffusion_preset("cpu").unet),

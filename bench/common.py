@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Hashable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,6 +52,21 @@ def append_record(name: str, record: dict) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with open(RESULTS_DIR / name, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def interleaved_median_ms(
+    steps: dict[Hashable, Callable[[], None]], rounds: int, per_round: int
+) -> dict[Hashable, float]:
+    """Median milliseconds per call of each closure, timed ``per_round`` calls at a time and
+    interleaved round by round, so that drift in the machine's speed falls on all alike."""
+    times: dict[Hashable, list[float]] = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                step()
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) * 1000 for key, t in times.items()}
 
 
 def add_scoring_args(
