@@ -1,7 +1,7 @@
 """Exploration of guidance variants on a model pair, sampler-side only (no training): each
 variant samples the same 100 seeds per class (DPM-Solver++, cats seeds 0..n-1, dogs n..2n-1,
 as ``evaluate``) and is scored against the whole test split (Inception pool3): KID x1000, FID,
-precision, recall and the class probe's accuracy.
+precision, recall, the class probe's accuracy and the memorisation rate (``scoring.py``).
 
 Variants (m = the model, g = the guide, c = the class, 0 = the null label):
 
@@ -28,14 +28,9 @@ import torch
 sys.path.insert(0, "src")
 sys.path.insert(0, "bench")
 from common import append_record, record_header  # noqa: E402
+from scoring import Guided, SeedScorer  # noqa: E402
 
 from catdog import checkpoint  # noqa: E402
-from catdog.config import DataConfig  # noqa: E402
-from catdog.data import load_split, to_uint8  # noqa: E402
-from catdog.evaluate import score  # noqa: E402
-from catdog.features import cached_extract, extract, load_inception  # noqa: E402
-from catdog.generate import decode_latents, sample_latents  # noqa: E402
-from catdog.metrics import fit_probe  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("variants", nargs="+")
@@ -49,14 +44,7 @@ a = p.parse_args()
 unet, schedule, record = checkpoint.load_diffusion(a.model_path)
 vae, _ = checkpoint.find_vae(a.model_path, record, a.vae_path)
 guide, _ = checkpoint.find_guide(a.model_path, record, a.guide_path)
-data = DataConfig(data_dir="../shared/data/catdog96", image_size=48)
-train, test = load_split(data, "train"), load_split(data, "test")
-ext = load_inception("../shared/weights/weights-inception-2015-12-05-6726825d.pth")
-f_ref = cached_extract(ext, test.images, "runs/feature_cache", progress=False)
-f_train = cached_extract(ext, train.images, "runs/feature_cache", progress=False)
-probe = fit_probe(f_train, train.labels, 0)
-n = a.num_per_class
-labels = torch.arange(2).repeat_interleave(n)
+scorer = SeedScorer(vae, a.num_per_class)
 null = unet.null_label
 
 
@@ -82,17 +70,6 @@ def denoiser(kind: str, w: list[float], lo: int, hi: int):
     return fn
 
 
-class Guided(torch.nn.Module):
-    """The guided denoiser as a model: sample_latents reads cfg and null_label off it."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.fn, self.cfg, self.null_label = fn, unet.cfg, null
-
-    def forward(self, x, t, c):
-        return self.fn(x, t, c)
-
-
 for variant in a.variants:
     parts = variant.split()
     kind, w, lo, hi, steps = parts[0], [], 0, 10**9, 20
@@ -104,23 +81,13 @@ for variant in a.variants:
         else:
             w.append(float(part))
     start = time.monotonic()
-    guided = Guided(denoiser(kind, w, lo, hi))
-    z = sample_latents(guided, schedule, labels, list(range(2 * n)), sampler="dpmpp", steps=steps,
-                       guidance=1.0, batch_size=100)  # fmt: skip
-    images = to_uint8(decode_latents(vae, z))
-    f = extract(ext, images, progress=False)
-    s = score(f, labels, f_ref, test.labels)
-    acc = float((torch.from_numpy(probe.predict(f.double().numpy())) == labels).float().mean())
+    scores = scorer(Guided(denoiser(kind, w, lo, hi), unet), schedule, steps)
     rec = {
         **record_header(),
         "label": a.label,
         "variant": variant,
-        "num_per_class": n,
-        "kid_x1000": round(1000 * s["kid"], 2),
-        "fid": round(s["fid"], 2),
-        "precision": round(s["precision"], 3),
-        "recall": round(s["recall"], 3),
-        "class_accuracy": round(acc, 3),
+        "num_per_class": a.num_per_class,
+        **{k: v for k, v in scores.items() if k != "sampling_seconds"},
         "seconds": round(time.monotonic() - start, 1),
     }
     print(json.dumps({k: rec[k] for k in list(rec)[5:]}), flush=True)
