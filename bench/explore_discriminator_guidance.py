@@ -179,9 +179,9 @@ def dg(w):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(disc(xg, t, c).sum(), xg)
-        alpha, sigma = schedule._coeffs(t)
+        ab = schedule.alpha_bar[t][:, None, None, None]
         inside = (t <= a.t_max).float()[:, None, None, None]
-        return out - w * inside * (sigma / alpha) * grad
+        return out - w * inside * ((1 - ab) / ab).sqrt() * grad  # (s / a) c
 
     return fn
 
