@@ -37,6 +37,7 @@ from common import append_record, record_header  # noqa: E402
 from scoring import Guided, SeedScorer  # noqa: E402
 
 from catdog import checkpoint  # noqa: E402
+from catdog.diffusion import guided_output  # noqa: E402
 from catdog.generate import sample_latents  # noqa: E402
 from catdog.models.layers import ResBlock, group_norm, timestep_embedding  # noqa: E402
 from catdog.train_vae import encode_training_set  # noqa: E402
@@ -88,8 +89,7 @@ class LatentDiscriminator(nn.Module):
 
 
 def autoguided(x, t, c):
-    m = unet(x, t, c)
-    return m + (scale - 1) * (m - guide(x, t, c))
+    return guided_output(unet, x, t, c, scale, unet.null_label, guide)
 
 
 def train_discriminator():
