@@ -90,7 +90,7 @@ with torch.no_grad():
 perceptual = PerceptualLoss(
     load_vgg16_features("../shared/weights/vgg16_features_imagenet1k_v1.pth")
 )
-targets = _cache_vgg_targets(perceptual, train.images, progress=False)
+targets = _cache_vgg_targets(perceptual.features, train.images, progress=False)
 n = len(train)
 images2 = torch.cat([x, x.flip(-1)])
 if a.dec_channels:

@@ -154,6 +154,9 @@ def test_finetune_decoder_takes_the_decoder_preset(tiny_data, tiny_vae, tmp_path
     )
     bad = run_cli(*base, "--latent-noise", "-1", "--save_dir", str(tmp_path / "bad"))
     assert_one_line_error(bad, "--latent-noise must be 0 or more")
+    align = run_cli(*base, "--lambda-align", "0.5", "--save_dir", str(tmp_path / "align"))
+    assert_one_line_error(align, "decoder fine-tuning keeps the encoder fixed")
+    assert not (tmp_path / "align").exists()
     missing = run_cli(*base[:4], str(tmp_path / "none.pt"), *base[5:],
                       "--save_dir", str(tmp_path / "missing"))  # fmt: skip
     assert_one_line_error(missing, "checkpoint not found")

@@ -15,6 +15,7 @@ from catdog.losses import (
     hinge_g_loss,
     kl_divergence,
     load_vgg16_features,
+    vf_loss,
     vgg_feature_map,
 )
 
@@ -110,6 +111,30 @@ def test_alignment_loss_is_one_minus_cosine_per_position():
     fine = torch.randn(2, 8, 6, 6)
     pooled = torch.nn.functional.avg_pool2d(fine, 2)
     assert alignment_loss(pooled, fine).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_vf_loss_is_zero_within_its_margins_and_grows_beyond_them():
+    torch.manual_seed(0)
+    target = torch.randn(2, 16, 3, 3)
+    assert vf_loss(3.0 * target, target).item() == pytest.approx(0.0, abs=1e-6)
+    # Opposite vectors: cosine -1 gives 1 - 0.5 + 1 on the cosine part; the similarity
+    # matrices are equal (both flip sign), so the distance-matrix part is 0.
+    assert vf_loss(-target, target).item() == pytest.approx(1.5, abs=1e-5)
+    # Cosine part only, with margins 0: the mean of 1 - cos per position.
+    noisy = target + torch.randn_like(target)
+    cos = torch.nn.functional.cosine_similarity(noisy, target, dim=1)
+    distmat_zero = vf_loss(noisy, target, cos_margin=0.0, distmat_margin=2.0)
+    assert distmat_zero.item() == pytest.approx((1 - cos).mean().item(), abs=1e-5)
+    # Distance-matrix part only: positions of one image compared with each other.
+    p = torch.nn.functional.normalize(noisy.flatten(2), dim=1)
+    t = torch.nn.functional.normalize(target.flatten(2), dim=1)
+    gap = (p.transpose(1, 2) @ p - t.transpose(1, 2) @ t).abs()
+    cos_zero = vf_loss(noisy, target, cos_margin=2.0, distmat_margin=0.1)
+    assert cos_zero.item() == pytest.approx((gap - 0.1).clamp_min(0).mean().item(), abs=1e-5)
+    assert cos_zero.item() > 0
+    projected = noisy.clone().requires_grad_(True)
+    vf_loss(projected, target).backward()
+    assert projected.grad.abs().sum() > 0
 
 
 def test_vgg_feature_map_is_the_layer_output_on_imagenet_normalised_input(vgg_weights):

@@ -149,7 +149,7 @@ def test_sigkill_loses_at_most_the_work_since_the_last_checkpoint(tiny_data, tmp
 def test_cached_vgg_targets_match_direct_features(vgg_weights, tiny_data):
     perceptual = PerceptualLoss(load_vgg16_features(vgg_weights))
     images = load_folder(tiny_data, "train", 16).images[:5]
-    cache = _cache_vgg_targets(perceptual, images)
+    cache = _cache_vgg_targets(perceptual.features, images)
     direct = perceptual.features(to_float(images[3:4]).flip(-1))
     for layer_cache, layer_direct in zip(cache, direct, strict=True):
         assert layer_cache.shape[0] == 10
@@ -167,6 +167,41 @@ def test_training_with_perceptual_loss_cached_and_uncached(tiny_data, vgg_weight
         results.append(train(cfg)["loss_vgg"])
     assert results[0] > 0
     assert results[0] == pytest.approx(results[1], rel=0.05)  # fp16 cache vs fp32 on the fly
+
+
+def test_align_term_trains_a_projector_that_resumes_and_is_not_in_the_vae(
+    tiny_data, vgg_weights, tmp_path
+):
+    def cfg(save_dir, **overrides):
+        # relu2_2 (layer 8): 8x8 features for the 16 px tiny images.
+        overrides = {"epochs": 2, "vgg_weights": str(vgg_weights), "align_layer": 8, **overrides}
+        c = tiny_cfg(tiny_data, save_dir, **overrides)
+        c.losses.align = LossTerm(0.5)
+        return c
+
+    straight = tmp_path / "straight"
+    record = train(cfg(straight))
+    assert record["loss_align"] > 0 and record["w_align"] == 0.5
+    state = checkpoint.load(straight / STATE, checkpoint.KIND_VAE_TRAIN_STATE)
+    assert state["projector"]["proj.weight"].shape == (128, 2, 1, 1)  # relu2_2's 128 channels
+    assert not any("proj" in key for key in state_dict_of(straight / FINAL))
+    # The align term changes the VAE it trains.
+    plain = tmp_path / "plain"
+    train(tiny_cfg(tiny_data, plain, epochs=2, vgg_weights=str(vgg_weights)))
+    a, b = state_dict_of(straight / FINAL), state_dict_of(plain / FINAL)
+    assert not torch.equal(a["encoder.head.weight"], b["encoder.head.weight"])
+    # Resume restores the projector: the same weights as one straight run.
+    split = tmp_path / "split"
+    train(cfg(split, stop_at_epoch=1))
+    train(cfg(split), resume=True)
+    b = state_dict_of(split / FINAL)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # The features on the fly (no cache) give the same loss as the fp16 cache.
+    uncached = train(cfg(tmp_path / "uncached", cache_vgg_targets=False))
+    assert uncached["loss_align"] == pytest.approx(record["loss_align"], rel=0.05)
+    with pytest.raises(CatdogError, match="align_layer must be in 0..30"):
+        train(cfg(tmp_path / "bad", align_layer=31))
 
 
 def test_decoder_finetune_trains_only_the_decoder(tiny_data, tiny_vae, tiny_decoder_ft):

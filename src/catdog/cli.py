@@ -37,6 +37,7 @@ TERM_HELP = {
     "adv": "hinge adversarial loss from the patch discriminator",
     "cls": "latent classifier cross-entropy",
     "center": "center loss toward per-class latent centers",
+    "align": "latent alignment to VGG16 features (VA-VAE's VF loss)",
 }
 
 
@@ -186,6 +187,13 @@ def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
             type=float,
             help=f"epochs to ramp the {term} weight up (default: {t.ramp})",
         )
+    _flag(
+        g,
+        "align-layer",
+        type=int,
+        help=f"layer of vgg16().features the align term aligns the latent to "
+        f"(default: {DEFAULTS.align_layer} = relu4_3)",
+    )
 
     g = parser.add_argument_group("run")
     _flag(
@@ -267,7 +275,7 @@ def vae_config_from_args(args: argparse.Namespace) -> VAETrainConfig:
     for key in (
         "epochs", "batch_size", "lr", "disc_lr", "lr_schedule", "seed", "save_dir", "vgg_weights",
         "eval_every", "viz_every", "checkpoint_every", "max_minutes", "stop_at_epoch",
-        "finetune_decoder", "latent_noise",
+        "finetune_decoder", "latent_noise", "align_layer",
     ):  # fmt: skip
         if getattr(args, key) is not None:
             o[key] = getattr(args, key)
@@ -295,6 +303,9 @@ def _check_vae_config(cfg: VAETrainConfig) -> None:
         raise CatdogError(f"--lr must be positive, got {cfg.lr}")
     if cfg.latent_noise < 0:
         raise CatdogError(f"--latent-noise must be 0 or more, got {cfg.latent_noise}")
+    if cfg.losses.ever_on("align") and cfg.finetune_decoder:
+        raise CatdogError("--lambda-align shapes the encoder's latent; decoder fine-tuning "
+                          "keeps the encoder fixed, so it cannot be used there")  # fmt: skip
     if cfg.model.image_size % 2 ** (len(cfg.model.channels) - 1):
         raise CatdogError(
             f"image size {cfg.model.image_size} is not divisible by the VAE's downsampling "

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
-LOSS_TERMS: tuple[str, ...] = ("kl", "vgg", "adv", "cls", "center")
+LOSS_TERMS: tuple[str, ...] = ("kl", "vgg", "adv", "cls", "center", "align")
 
 
 @dataclass
@@ -90,6 +90,8 @@ class LossSchedule:
     adv: LossTerm = field(default_factory=lambda: LossTerm(0.05, 30.0, 10.0))
     cls: LossTerm = field(default_factory=lambda: LossTerm(1.0, 1.0, 2.0))
     center: LossTerm = field(default_factory=lambda: LossTerm(0.1, 2.0, 3.0))
+    # Latent alignment to frozen VGG16 features (VA-VAE's VF loss, Yao et al. 2025); 0 = off.
+    align: LossTerm = field(default_factory=lambda: LossTerm(0.0, 0.0, 0.0))
 
     def weights_at(self, epoch: float) -> dict[str, float]:
         return {name: getattr(self, name).weight_at(epoch) for name in LOSS_TERMS}
@@ -132,6 +134,10 @@ class VAETrainConfig:
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     vgg_weights: str | None = None  # local torchvision vgg16().features state dict
     cache_vgg_targets: bool = True  # cache VGG features of (flip-augmented) targets
+    # The layer of vgg16().features that the latent is aligned to (the "align" loss term):
+    # 22 = relu4_3, 512 channels at 1/8 of the image side. A 1x1 convolution projects the
+    # posterior mean to its channels; the projection is average-pooled to its size.
+    align_layer: int = 22
     channels_last: bool = True  # NHWC memory format: ~30% faster convolutions on CPU
     max_minutes: float | None = None  # stop (resumably) after this much wall-clock time
     stop_at_epoch: int | None = None  # stop (resumably) after this epoch

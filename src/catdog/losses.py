@@ -1,5 +1,5 @@
 """Small standalone loss callables for the VAE stage: KL, VGG16 perceptual, hinge adversarial,
-latent classifier and center loss.
+latent classifier, center loss and latent alignment (VF loss); and REPA's alignment term.
 """
 
 from __future__ import annotations
@@ -124,6 +124,30 @@ def alignment_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tenso
         target = F.adaptive_avg_pool2d(target.float(), projected.shape[-2:])
     cos = F.cosine_similarity(projected.float(), target.float(), dim=1)
     return (1.0 - cos).mean()
+
+
+def vf_loss(
+    projected: torch.Tensor,
+    target: torch.Tensor,
+    cos_margin: float = 0.5,
+    distmat_margin: float = 0.25,
+) -> torch.Tensor:
+    """VA-VAE's visual-foundation loss (Yao et al. 2025, eqs. 2-3) between a projected latent and
+    frozen features, both (B, C, h, w) with the same h, w:
+
+    - marginal cosine: mean of relu(1 - cos_margin - cos(projected_ij, target_ij)) per position;
+    - marginal distance matrix: mean of relu(|S_p - S_t| - distmat_margin), where S is the
+      (hw x hw) matrix of cosine similarities between the positions of one image.
+
+    The margins leave the latent free once it is close enough, so reconstruction is not traded
+    away for an exact copy of the features."""
+    p = F.normalize(projected.float().flatten(2), dim=1)  # (B, C, hw), unit vectors per position
+    t = F.normalize(target.float().flatten(2), dim=1)
+    cos = F.relu(1.0 - cos_margin - (p * t).sum(dim=1)).mean()
+    gram_p = p.transpose(1, 2) @ p
+    gram_t = t.transpose(1, 2) @ t
+    distmat = F.relu((gram_p - gram_t).abs() - distmat_margin).mean()
+    return cos + distmat
 
 
 class PerceptualLoss(nn.Module):

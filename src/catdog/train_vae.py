@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from .losses import (
     hinge_g_loss,
     kl_divergence,
     load_vgg16_features,
+    vf_loss,
+    vgg_feature_map,
 )
 from .metrics import linear_probe_accuracy, psnr
 from .models.discriminator import PatchDiscriminator
@@ -97,13 +100,29 @@ def evaluate(vae: VAE, train: ImageSet, val: ImageSet, seed: int) -> tuple[dict[
     return result, (train_means, val_means, recon)
 
 
+class LatentProjector(torch.nn.Module):
+    """The align term's training-only head: a 1x1 convolution from the posterior mean to the
+    feature channels, average-pooled to the features' spatial size. It is not part of the VAE
+    checkpoint (only of the train state), so aligned and plain VAEs load the same way."""
+
+    def __init__(self, latent_channels: int, channels: int, size: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Conv2d(latent_channels, channels, 1)
+        self.size = size
+
+    def forward(self, mean: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.proj(mean), self.size)
+
+
 class GeneratorTerms(torch.nn.Module):
     """Every VAE output the generator losses use, from one forward, so that DDP sees each VAE
-    parameter (classifier and class centers included) take part in every step."""
+    parameter (classifier, class centers and the align projector included) take part in every
+    step."""
 
-    def __init__(self, vae: VAE) -> None:
+    def __init__(self, vae: VAE, projector: LatentProjector | None = None) -> None:
         super().__init__()
         self.vae = vae
+        self.projector = projector
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor
@@ -111,14 +130,18 @@ class GeneratorTerms(torch.nn.Module):
         recon, mean, logvar = self.vae(x, eps=eps)
         flat_mean = mean.flatten(1)
         logits = self.vae.classifier(flat_mean)
-        return recon, mean, logvar, logits, center_loss(flat_mean, labels, self.vae.class_centers)
+        center = center_loss(flat_mean, labels, self.vae.class_centers)
+        projected = self.projector(mean) if self.projector is not None else None
+        return recon, mean, logvar, logits, center, projected
 
 
 def _cache_vgg_targets(
-    perceptual: PerceptualLoss, images: torch.Tensor, progress: bool = True
+    features: Callable[[torch.Tensor], list[torch.Tensor]],
+    images: torch.Tensor,
+    progress: bool = True,
 ) -> list[torch.Tensor]:
-    """fp16 features of every training image and its mirror image: rows [0, N) unflipped,
-    [N, 2N) flipped. Valid while augmentation is only a horizontal flip."""
+    """fp16 ``features(x)`` of every training image and its mirror image: rows [0, N)
+    unflipped, [N, 2N) flipped. Valid while augmentation is only a horizontal flip."""
     chunks: list[list[torch.Tensor]] = []
     with torch.no_grad():
         for flip in (False, True):
@@ -126,8 +149,7 @@ def _cache_vgg_targets(
                 images.split(128), desc="caching VGG targets", leave=False, disable=not progress
             ):
                 x = to_float(chunk)
-                feats = perceptual.features(x.flip(-1) if flip else x)
-                chunks.append([f.half() for f in feats])
+                chunks.append([f.half() for f in features(x.flip(-1) if flip else x)])
     return [torch.cat(layer) for layer in zip(*chunks, strict=True)]
 
 
@@ -188,10 +210,26 @@ def train_on(
     trained = vae.decoder if decoder_only else vae
     losses = cfg.losses
     disc = PatchDiscriminator(cfg.disc) if losses.ever_on("adv") else None
+    vgg = load_vgg16_features(cfg.vgg_weights) if losses.ever_on("vgg") else None
+    projector, align_features = None, None
+    if losses.ever_on("align") and not decoder_only:
+        if vgg is None:
+            vgg = load_vgg16_features(cfg.vgg_weights, off_hint="turn the align term off")
+        if not 0 <= cfg.align_layer < len(vgg):
+            raise CatdogError(f"align_layer must be in 0..{len(vgg) - 1} (a layer of "
+                              f"vgg16().features), got {cfg.align_layer}")  # fmt: skip
+
+        def align_features(x: torch.Tensor) -> list[torch.Tensor]:
+            return [vgg_feature_map(vgg, x, cfg.align_layer)]
+
+        with torch.no_grad():
+            probe = align_features(torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size))[0]
+        projector = LatentProjector(cfg.model.latent_channels, probe.shape[1], probe.shape[-1])
+    params = [*trained.parameters(), *(projector.parameters() if projector is not None else ())]
     betas = (0.5, 0.9)
     base_lr = distributed.effective_lr(cfg.runtime, cfg.lr, cfg.batch_size)
     disc_base_lr = distributed.effective_lr(cfg.runtime, cfg.disc_lr, cfg.batch_size)
-    opt = torch.optim.AdamW(trained.parameters(), lr=base_lr, betas=betas, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=base_lr, betas=betas, weight_decay=0.0)
     disc_opt = (
         torch.optim.AdamW(disc.parameters(), lr=disc_base_lr, betas=betas, weight_decay=0.0)
         if disc is not None
@@ -203,21 +241,24 @@ def train_on(
         disc.to(memory_format=memory_format)
     perceptual = None
     vgg_cache: list[torch.Tensor] | None = None
+    align_cache: torch.Tensor | None = None
+    if vgg is not None:
+        vgg.to(memory_format=memory_format)
+    can_cache = cfg.cache_vgg_targets and cfg.data.color_jitter == 0
     if losses.ever_on("vgg"):
-        perceptual = PerceptualLoss(load_vgg16_features(cfg.vgg_weights))
-        perceptual.to(memory_format=memory_format)
+        perceptual = PerceptualLoss(vgg)
         per_image = sum(
             c * (cfg.data.image_size // s) ** 2 for c, s in ((64, 1), (128, 2), (256, 4))
         )
         cache_bytes = 2 * len(train_set) * per_image * 2
-        if (
-            cfg.cache_vgg_targets
-            and cfg.data.color_jitter == 0
-            and cache_bytes < VGG_CACHE_MAX_BYTES
-        ):
+        if can_cache and cache_bytes < VGG_CACHE_MAX_BYTES:
             vgg_cache = _cache_vgg_targets(
-                perceptual, train_set.images, cfg.progress and rt.is_main
+                perceptual.features, train_set.images, cfg.progress and rt.is_main
             )
+    if align_features is not None and can_cache:
+        align_cache = _cache_vgg_targets(
+            align_features, train_set.images, cfg.progress and rt.is_main
+        )[0]
 
     start_epoch, step, history, best_psnr = 0, 0, [], -math.inf
     if state is not None:
@@ -226,6 +267,8 @@ def train_on(
         if disc is not None:
             disc.load_state_dict(state["disc"])
             disc_opt.load_state_dict(state["disc_opt"])
+        if projector is not None:
+            projector.load_state_dict(state["projector"])
         start_epoch, step = state["epoch"], state["step"]
         history, best_psnr = state["history"], state["best_psnr"]
         torch.set_rng_state(state["rng"])
@@ -234,8 +277,10 @@ def train_on(
     vae.to(device)
     if disc is not None:
         disc.to(device)
-    if perceptual is not None:
-        perceptual.to(device)
+    if vgg is not None:
+        vgg.to(device)
+    if projector is not None:
+        projector.to(device)
     for optimiser in (opt, disc_opt):
         for value in optimiser.state.values() if optimiser is not None else ():
             for key, tensor in value.items():
@@ -246,7 +291,7 @@ def train_on(
     posterior = None
     if decoder_only and cfg.data.color_jitter == 0:
         posterior = encode_training_set(vae, train_set.images)
-    generator_terms = rt.wrap(vae.decoder if decoder_only else GeneratorTerms(vae))
+    generator_terms = rt.wrap(vae.decoder if decoder_only else GeneratorTerms(vae, projector))
     disc_model = rt.wrap(disc) if disc is not None else None
     if rt.is_main:
         checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
@@ -268,6 +313,7 @@ def train_on(
                 "opt": opt.state_dict(),
                 "disc": disc.state_dict() if disc is not None else None,
                 "disc_opt": disc_opt.state_dict() if disc_opt is not None else None,
+                "projector": projector.state_dict() if projector is not None else None,
                 "epoch": epoch,
                 "step": step,
                 "history": history,
@@ -330,7 +376,7 @@ def train_on(
                     terms = {"rec": F.l1_loss(recon, x)}
                 else:
                     with rt.no_sync(generator_terms, sync), rt.autocast():
-                        recon, mean, logvar, logits, center = generator_terms(
+                        recon, mean, logvar, logits, center, projected = generator_terms(
                             x, labels, eps_all[part].to(device)
                         )
                     recon = recon.float()
@@ -339,6 +385,14 @@ def train_on(
                              "center": center.float()}  # fmt: skip
                     if weights["kl"] > 0:
                         terms["kl"] = kl_divergence(mean.float(), logvar.float())
+                    if projected is not None:
+                        if align_cache is not None:
+                            rows = index[part] + n * flipped_all[part].long()
+                            target = align_cache[rows].to(device)
+                        else:
+                            with torch.no_grad():
+                                target = align_features(x)[0]
+                        terms["align"] = vf_loss(projected, target)
                 if weights["vgg"] > 0 and perceptual is not None:
                     if vgg_cache is not None:
                         rows = index[part] + n * flipped_all[part].long()
@@ -363,7 +417,7 @@ def train_on(
                     sums[key] = sums.get(key, 0.0) + value.item() * len(x)
                 seen += len(x)
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
 
             if use_adv:
