@@ -303,9 +303,6 @@ def _check_vae_config(cfg: VAETrainConfig) -> None:
         raise CatdogError(f"--lr must be positive, got {cfg.lr}")
     if cfg.latent_noise < 0:
         raise CatdogError(f"--latent-noise must be 0 or more, got {cfg.latent_noise}")
-    if cfg.losses.ever_on("align") and cfg.finetune_decoder:
-        raise CatdogError("--lambda-align shapes the encoder's latent; decoder fine-tuning "
-                          "keeps the encoder fixed, so it cannot be used there")  # fmt: skip
     if cfg.model.image_size % 2 ** (len(cfg.model.channels) - 1):
         raise CatdogError(
             f"image size {cfg.model.image_size} is not divisible by the VAE's downsampling "

@@ -189,6 +189,9 @@ def train_on(
         decoder_of = checkpoint.vae_link(source, str(Path(cfg.finetune_decoder).resolve()))
     elif cfg.latent_noise:
         raise CatdogError("--latent-noise is for decoder fine-tuning (--finetune-decoder)")
+    if decoder_only and cfg.losses.ever_on("align"):
+        raise CatdogError("--lambda-align shapes the encoder's latent; decoder fine-tuning "
+                          "keeps the encoder fixed, so it cannot be used there")  # fmt: skip
     if cfg.model.image_size != cfg.data.image_size:
         raise CatdogError(
             f"model image_size {cfg.model.image_size} != data image_size {cfg.data.image_size}"
@@ -212,7 +215,7 @@ def train_on(
     disc = PatchDiscriminator(cfg.disc) if losses.ever_on("adv") else None
     vgg = load_vgg16_features(cfg.vgg_weights) if losses.ever_on("vgg") else None
     projector, align_features = None, None
-    if losses.ever_on("align") and not decoder_only:
+    if losses.ever_on("align"):
         if vgg is None:
             vgg = load_vgg16_features(cfg.vgg_weights, off_hint="turn the align term off")
         if not 0 <= cfg.align_layer < len(vgg):
