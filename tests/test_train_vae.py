@@ -204,6 +204,26 @@ def test_align_term_trains_a_projector_that_resumes_and_is_not_in_the_vae(
         train(cfg(tmp_path / "bad", align_layer=31))
 
 
+def test_align_targets_past_the_memory_budget_are_computed_each_step(
+    tiny_data, vgg_weights, tmp_path, monkeypatch
+):
+    import catdog.train_vae as train_vae
+
+    cached, real = [], train_vae._cache_vgg_targets
+    monkeypatch.setattr(
+        train_vae, "_cache_vgg_targets", lambda *a, **k: cached.append(1) or real(*a, **k)
+    )
+    losses = []
+    for budget in (train_vae.VGG_CACHE_MAX_BYTES, 1):
+        monkeypatch.setattr(train_vae, "VGG_CACHE_MAX_BYTES", budget)
+        cfg = tiny_cfg(tiny_data, tmp_path / str(budget), epochs=1, vgg_weights=str(vgg_weights),
+                       align_layer=8)  # fmt: skip
+        cfg.losses.align = LossTerm(0.5)
+        losses.append(train(cfg)["loss_align"])
+    assert len(cached) == 1  # the first run only: the second is over its budget
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)
+
+
 def test_decoder_finetune_trains_only_the_decoder(tiny_data, tiny_vae, tiny_decoder_ft):
     source, before = checkpoint.load_vae(tiny_vae)
     tuned, record = checkpoint.load_vae(tiny_decoder_ft)

@@ -214,6 +214,7 @@ def train_on(
     losses = cfg.losses
     disc = PatchDiscriminator(cfg.disc) if losses.ever_on("adv") else None
     vgg = load_vgg16_features(cfg.vgg_weights) if losses.ever_on("vgg") else None
+    blank = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)  # for feature shapes
     projector, align_features = None, None
     if losses.ever_on("align"):
         if vgg is None:
@@ -226,8 +227,8 @@ def train_on(
             return [vgg_feature_map(vgg, x, cfg.align_layer)]
 
         with torch.no_grad():
-            probe = align_features(torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size))[0]
-        projector = LatentProjector(cfg.model.latent_channels, probe.shape[1], probe.shape[-1])
+            align_shape = align_features(blank)[0].shape[1:]  # (channels, size, size)
+        projector = LatentProjector(cfg.model.latent_channels, align_shape[0], align_shape[-1])
     params = [*trained.parameters(), *(projector.parameters() if projector is not None else ())]
     betas = (0.5, 0.9)
     base_lr = distributed.effective_lr(cfg.runtime, cfg.lr, cfg.batch_size)
@@ -247,18 +248,25 @@ def train_on(
     align_cache: torch.Tensor | None = None
     if vgg is not None:
         vgg.to(memory_format=memory_format)
-    can_cache = cfg.cache_vgg_targets and cfg.data.color_jitter == 0
+
+    def fits_cache(per_image: int) -> bool:
+        """Whether fp16 features (``per_image`` values) of every training image and its mirror
+        may be cached: flips only, and within the memory budget."""
+        return (
+            cfg.cache_vgg_targets
+            and cfg.data.color_jitter == 0
+            and 2 * len(train_set) * per_image * 2 < VGG_CACHE_MAX_BYTES
+        )
+
     if losses.ever_on("vgg"):
         perceptual = PerceptualLoss(vgg)
-        per_image = sum(
-            c * (cfg.data.image_size // s) ** 2 for c, s in ((64, 1), (128, 2), (256, 4))
-        )
-        cache_bytes = 2 * len(train_set) * per_image * 2
-        if can_cache and cache_bytes < VGG_CACHE_MAX_BYTES:
+        with torch.no_grad():
+            per_image = sum(f.numel() for f in perceptual.features(blank))
+        if fits_cache(per_image):
             vgg_cache = _cache_vgg_targets(
                 perceptual.features, train_set.images, cfg.progress and rt.is_main
             )
-    if align_features is not None and can_cache:
+    if projector is not None and fits_cache(align_shape.numel()):
         align_cache = _cache_vgg_targets(
             align_features, train_set.images, cfg.progress and rt.is_main
         )[0]
