@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from catdog.config import ScheduleConfig
+from catdog.config import ScheduleConfig, UNetConfig
 from catdog.diffusion import (
     NoiseSchedule,
     ddim_sample,
@@ -264,3 +264,40 @@ def test_dpmpp_matches_ddim_on_a_gaussian_with_enough_steps():
     error_dpmpp = (fast - reference).abs().mean().item()
     error_ddim = (ddim_fast - reference).abs().mean().item()
     assert error_dpmpp < 0.01 and error_dpmpp < error_ddim
+
+
+class _SelfConditioned(torch.nn.Module):
+    """Records the estimate it is given at each call and predicts v = 0 (x0 = alpha x_t)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cfg = UNetConfig(self_condition=True)
+        self.calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def forward(self, x, t, labels, self_cond=None):
+        self.calls.append((x.clone(), None if self_cond is None else self_cond.clone()))
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("sampler", [ddim_sample, dpmpp_2m_sample])
+def test_samplers_give_a_self_conditioned_model_its_previous_estimate(sampler):
+    schedule = NoiseSchedule(ScheduleConfig(num_timesteps=50))
+    model, guide = _SelfConditioned(), _SelfConditioned()
+    x, labels = torch.randn(2, 2, 4, 4), torch.tensor([0, 1])
+    kw = {"labels": labels, "schedule": schedule, "null_label": 2}
+    timesteps = [50, 30, 10]
+    seen = []
+    sampler(model, x, timesteps, callback=lambda i, t, x_t, x0: seen.append(x0), **kw)
+    assert model.calls[0][1] is None  # the first step has no estimate yet
+    for (_, given), previous in zip(model.calls[1:], seen[:-1], strict=True):
+        torch.testing.assert_close(given, previous)
+    # With guidance, every pass (the guide's, and the batched null pass) gets the guided estimate.
+    model.calls.clear()
+    sampler(model, x, timesteps, guidance=3.0, guide=guide, class_guidance=2.0, **kw)
+    assert [c[1] is None for c in guide.calls] == [True, False, False]
+    torch.testing.assert_close(model.calls[1][1], torch.cat([guide.calls[1][1]] * 2))
+    # A model without self-conditioning is never given one.
+    plain = _SelfConditioned()
+    plain.cfg = UNetConfig()
+    sampler(plain, x, timesteps, **kw)
+    assert all(c[1] is None for c in plain.calls)

@@ -11,6 +11,7 @@ from catdog.data import load_folder, to_float
 from catdog.diffusion import NoiseSchedule
 from catdog.errors import CatdogError
 from catdog.losses import load_vgg16_features, vgg_feature_map
+from catdog.models.unet import UNet
 from catdog.models.vae import VAE
 from catdog.train_diffusion import (
     FINAL,
@@ -291,3 +292,30 @@ def test_a_repa_run_saved_before_the_projector_width_was_an_option_resumes_at_25
     state = checkpoint.load(tmp_path / STATE, checkpoint.KIND_DIFFUSION_TRAIN_STATE)
     assert state["projector"]["net.0.weight"].shape[0] == 256
     assert json.loads((tmp_path / "config.json").read_text())["repa_hidden"] == 256
+
+
+def test_self_conditioning_trains_samples_and_resumes(tiny_data, tiny_vae, tmp_path):
+    cfg = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "a", epochs=2)
+    cfg.unet.self_condition = True
+    train(cfg)
+    unet, schedule, record = checkpoint.load_diffusion(tmp_path / "a" / FINAL)
+    assert unet.cfg.self_condition and unet.stem.in_channels == 2 * unet.cfg.latent_channels
+    assert record["train_config"]["unet"]["self_condition"] is True
+    # The stem's weights on the estimate move only if non-zero estimates were fed in training.
+    torch.manual_seed(cfg.seed)
+    initial = UNet(unet.cfg).stem.weight[:, unet.cfg.latent_channels :]
+    assert not torch.allclose(unet.stem.weight[:, unet.cfg.latent_channels :], initial)
+    x = torch.randn(4, unet.cfg.latent_channels, unet.cfg.latent_size, unet.cfg.latent_size)
+    t, y = torch.full((4,), 500), torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():  # None stands for zeros, the first sampling step's input
+        torch.testing.assert_close(unet(x, t, y), unet(x, t, y, self_cond=torch.zeros_like(x)))
+    history = [json.loads(r) for r in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["val_x0_mse"] > 0
+    # Resuming gives the same weights as one straight run, the estimate's coin flips included.
+    cfg_b = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "b", epochs=2, stop_at_epoch=1)
+    cfg_b.unet.self_condition = True
+    train(cfg_b)
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "b", epochs=2), resume=True)
+    a = checkpoint.load(tmp_path / "a" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
+    b = checkpoint.load(tmp_path / "b" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

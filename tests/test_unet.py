@@ -1,3 +1,6 @@
+import dataclasses
+
+import pytest
 import torch
 
 from catdog.config import UNetConfig
@@ -76,3 +79,16 @@ def test_ema_tracks_weights():
     restored.load_state_dict(ema.state_dict())
     assert torch.equal(restored.model.weight, ema.model.weight)
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_self_conditioned_unet_reads_its_estimate_and_a_plain_one_refuses_it():
+    torch.manual_seed(0)
+    net = UNet(dataclasses.replace(TINY, self_condition=True)).eval()
+    torch.nn.init.normal_(net.head.weight, std=0.1)
+    x, t, y = torch.randn(2, 2, 8, 8), torch.tensor([10, 900]), torch.tensor([0, 1])
+    estimate = torch.randn_like(x)
+    assert net(x, t, y, self_cond=estimate).shape == x.shape
+    assert not torch.allclose(net(x, t, y, self_cond=estimate), net(x, t, y))
+    torch.testing.assert_close(net(x, t, y), net(x, t, y, self_cond=torch.zeros_like(x)))
+    with pytest.raises(ValueError, match="self-conditioning"):
+        UNet(TINY)(x, t, y, self_cond=estimate)

@@ -164,6 +164,10 @@ class UNetConfig:
     dropout: float = 0.0
     num_classes: int = 2  # the embedding has one more row: the null label (index num_classes)
     class_dropout: float = 0.1  # label -> null with this probability in training (for CFG)
+    # Self-conditioning (Chen et al. 2023, "Analog Bits"): the network also sees its own
+    # previous estimate of the clean latent (zeros when there is none), which samplers pass on
+    # from step to step. Doubles the stem's input channels only.
+    self_condition: bool = False
 
 
 @dataclass

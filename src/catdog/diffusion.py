@@ -1,6 +1,7 @@
 """Noise schedule and samplers for latent diffusion. Samplers are pure functions with one
 signature: ``sampler(model, x_T, timesteps, *, labels, schedule, guidance, generators, callback,
-guide, class_guidance)``.
+guide, class_guidance)``. A self-conditioned model (``UNetConfig.self_condition``) is given the
+previous step's estimate of the clean latent at every step after the first.
 
 Timesteps 1..T are noise levels and t = 0 is the clean latent (alpha_bar(0) = 1), so
 ``add_noise(x0, noise, 0) == x0`` exactly, and every sampler ends on t = 0.
@@ -107,6 +108,7 @@ def guided_output(
     null_label: int,
     guide: Denoiser | None = None,
     class_guidance: float = 1.0,
+    self_cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Guided output: ``reference + guidance * (model - reference)``.
 
@@ -120,7 +122,12 @@ def guided_output(
     ``model + (guidance - 1)(model - guide) + (class_guidance - 1)(model - model(null))``, a
     third pass per step that pushes towards the asked-for class (docs/design.md, "Class
     guidance on top of autoguidance, as an option"). 1 leaves plain autoguidance, exactly.
+
+    ``self_cond``, for self-conditioned networks only, is the previous step's (guided) estimate
+    of the clean latent; every pass, the guide's included, is given it.
     """
+    model = _with_self_cond(model, self_cond)
+    guide = None if guide is None else _with_self_cond(guide, self_cond)
     if guidance == 1.0 and class_guidance == 1.0:
         return model(x, t, labels)
     if class_guidance != 1.0 and guide is None:
@@ -137,6 +144,24 @@ def guided_output(
     if guidance != 1.0:
         out = out + (guidance - 1) * (cond - guide(x, t, labels))
     return out
+
+
+def _with_self_cond(model: Denoiser, self_cond: torch.Tensor | None) -> Denoiser:
+    """``model`` with ``self_cond`` bound (repeated to the batch when cond and null passes are
+    batched together); ``model`` itself when there is none."""
+    if self_cond is None:
+        return model
+
+    def bound(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        repeat = len(x) // len(self_cond)
+        return model(x, t, labels, self_cond=self_cond.repeat(repeat, 1, 1, 1))
+
+    return bound
+
+
+def self_conditioned(model: Denoiser) -> bool:
+    """Whether ``model`` takes its previous clean-latent estimate (``cfg.self_condition``)."""
+    return bool(getattr(getattr(model, "cfg", None), "self_condition", False))
 
 
 def _conditional_and_null(
@@ -183,11 +208,13 @@ def ddim_sample(
     """
     alpha_bar = schedule.alpha_bar.to(x.device)
     steps = list(timesteps) + [0]
+    estimate = None  # the previous step's x0, for a self-conditioned model
     for i, (t, t_prev) in enumerate(zip(steps[:-1], steps[1:], strict=True)):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         output = guided_output(model, x, t_batch, labels, guidance, null_label, guide,
-                               class_guidance)  # fmt: skip
+                               class_guidance, estimate)  # fmt: skip
         x0, eps = schedule.predict_x0_eps(output, x, t_batch)
+        estimate = x0 if self_conditioned(model) else None
         ab, ab_prev = alpha_bar[t], alpha_bar[t_prev]
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
         x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
@@ -233,8 +260,9 @@ def dpmpp_2m_sample(
     previous_x0, previous_h = None, None
     for i, (t, t_next) in enumerate(zip(steps[:-1], steps[1:], strict=True)):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        estimate = previous_x0 if self_conditioned(model) else None
         output = guided_output(model, x, t_batch, labels, guidance, null_label, guide,
-                               class_guidance)  # fmt: skip
+                               class_guidance, estimate)  # fmt: skip
         x0, _ = schedule.predict_x0_eps(output, x, t_batch)
         if t_next == 0:  # sigma = 0: the solution is the data prediction itself
             x = x0

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from . import checkpoint, distributed, viz
 from .config import DiffusionTrainConfig, to_dict
 from .data import balanced_subset, load_split, random_resized_crops, to_float
-from .diffusion import NoiseSchedule
+from .diffusion import NoiseSchedule, self_conditioned
 from .ema import EMA
 from .errors import CatdogError
 from .generate import decode_latents, sample_latents
@@ -108,6 +108,22 @@ def load_or_cache_latents(
     return cached
 
 
+def predict_x0(
+    unet: torch.nn.Module,
+    schedule: NoiseSchedule,
+    noisy: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """The clean latent as ``unet`` predicts it from ``noisy``; a self-conditioned network
+    predicts twice, the second time given its own first estimate (as in training)."""
+    predicted, _ = schedule.predict_x0_eps(unet(noisy, t, labels).float(), noisy, t)
+    if self_conditioned(unet):
+        output = unet(noisy, t, labels, self_cond=predicted.to(noisy.dtype))
+        predicted, _ = schedule.predict_x0_eps(output.float(), noisy, t)
+    return predicted
+
+
 @torch.no_grad()
 def denoising_error(
     model: torch.nn.Module,
@@ -132,7 +148,7 @@ def denoising_error(
             noise = torch.randn(x.shape, generator=generator).to(device)
             tt = torch.full((len(x),), t, device=device, dtype=torch.long)
             noisy = schedule.add_noise(x, noise, tt)
-            predicted, _ = schedule.predict_x0_eps(model(noisy, tt, y).float(), noisy, tt)
+            predicted = predict_x0(model, schedule, noisy, tt, y)
             total += float((predicted - x).pow(2).sum())
             count += x.numel()
     return total / count
@@ -162,6 +178,29 @@ def sample_grid(
     return decode_latents(vae, z)
 
 
+@torch.no_grad()
+def self_condition_inputs(
+    unet: UNet,
+    schedule: NoiseSchedule,
+    noisy: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor,
+    estimated: torch.Tensor,
+    rt: distributed.Runtime,
+) -> torch.Tensor:
+    """Self-conditioning's training input (Chen et al. 2023): for the samples in ``estimated``,
+    the network's own clean-latent estimate from a first pass without one (no gradient), and
+    zeros for the rest, so the network learns both the first sampling step and the later ones.
+    The first pass runs on the bare UNet, outside data-parallel synchronisation."""
+    self_cond = torch.zeros_like(noisy)
+    if estimated.any():
+        with rt.autocast():
+            output = unet(noisy[estimated], t[estimated], labels[estimated])
+        x0, _ = schedule.predict_x0_eps(output.float(), noisy[estimated], t[estimated])
+        self_cond[estimated] = x0
+    return self_cond
+
+
 class Denoiser(torch.nn.Module):
     """The UNet and, with representation alignment, its projector: one module, so that
     data-parallel training sees every trained parameter take part in each step."""
@@ -172,11 +211,15 @@ class Denoiser(torch.nn.Module):
         self.projector = projector
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor,
+        self_cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.projector is None:
-            return self.unet(x, t, labels), None
-        prediction, features = self.unet(x, t, labels, return_features=True)
+            return self.unet(x, t, labels, self_cond=self_cond), None
+        prediction, features = self.unet(x, t, labels, return_features=True, self_cond=self_cond)
         return prediction, self.projector(features)
 
 
@@ -338,13 +381,21 @@ def train_on(
             noise = torch.randn(mean.shape, generator=data_rng)
             t = torch.randint(1, schedule.num_timesteps + 1, (len(index),), generator=data_rng)
             labels = unet.drop_labels(labels, data_rng)  # null label, for guidance
+            estimated = None  # which samples get a self-conditioning estimate (half of them)
+            if cfg.unet.self_condition:
+                estimated = torch.rand(len(index), generator=data_rng) < 0.5
             slices = rt.local_slices(len(index), accum)
             opt.zero_grad(set_to_none=True)
             for k, part in enumerate(slices):
                 x0 = vae.normalize_latent(mean[part]).to(device)
                 eps, tt, yy = noise[part].to(device), t[part].to(device), labels[part].to(device)
+                noisy = schedule.add_noise(x0, eps, tt)
+                self_cond = None
+                if estimated is not None:
+                    self_cond = self_condition_inputs(unet, schedule, noisy, tt, yy,
+                                                      estimated[part].to(device), rt)  # fmt: skip
                 with rt.no_sync(model, k == len(slices) - 1), rt.autocast():
-                    prediction, projected = model(schedule.add_noise(x0, eps, tt), tt, yy)
+                    prediction, projected = model(noisy, tt, yy, self_cond)
                 per_sample = F.mse_loss(prediction.float(), schedule.target(x0, eps, tt),
                                         reduction="none")  # fmt: skip
                 loss = (schedule.loss_weight(tt) * per_sample.flatten(1).mean(1)).mean()

@@ -63,7 +63,8 @@ class UNet(nn.Module):
             nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.class_embedder = ClassEmbedder(cfg.num_classes, emb_dim)
-        self.stem = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
+        in_ch = cfg.latent_channels * (2 if cfg.self_condition else 1)
+        self.stem = nn.Conv2d(in_ch, ch[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         for level, width in enumerate(ch):
@@ -100,13 +101,26 @@ class UNet(nn.Module):
         return torch.where(drop, torch.full_like(labels, self.null_label), labels)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, return_features: bool = False
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor,
+        return_features: bool = False,
+        self_cond: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The prediction; with ``return_features`` also the middle level's output (B, C, h, w),
-        which representation alignment trains to carry image features."""
+        which representation alignment trains to carry image features.
+
+        ``self_cond`` is the previous estimate of the clean latent, for a self-conditioned
+        network (``cfg.self_condition``); None stands for "no estimate yet" (zeros). A network
+        without self-conditioning refuses one."""
         emb = self.time_mlp(timestep_embedding(t, self.cfg.channels[0])) + self.class_embedder(
             labels
         )
+        if self.cfg.self_condition:
+            x = torch.cat([x, torch.zeros_like(x) if self_cond is None else self_cond], dim=1)
+        elif self_cond is not None:
+            raise ValueError("self_cond given to a UNet trained without self-conditioning")
         h = self.stem(x)  # (B, C0, H, W)
         skips = []
         for level, block in enumerate(self.down):
