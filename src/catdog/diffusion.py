@@ -208,13 +208,14 @@ def ddim_sample(
     """
     alpha_bar = schedule.alpha_bar.to(x.device)
     steps = list(timesteps) + [0]
+    keeps_estimate = self_conditioned(model)
     estimate = None  # the previous step's x0, for a self-conditioned model
     for i, (t, t_prev) in enumerate(zip(steps[:-1], steps[1:], strict=True)):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         output = guided_output(model, x, t_batch, labels, guidance, null_label, guide,
                                class_guidance, estimate)  # fmt: skip
         x0, eps = schedule.predict_x0_eps(output, x, t_batch)
-        estimate = x0 if self_conditioned(model) else None
+        estimate = x0 if keeps_estimate else None
         ab, ab_prev = alpha_bar[t], alpha_bar[t_prev]
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
         x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
@@ -258,9 +259,10 @@ def dpmpp_2m_sample(
     alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     lam = lambda t: torch.log(alpha[t]) - torch.log(sigma[t])  # noqa: E731 - half log-SNR
     previous_x0, previous_h = None, None
+    keeps_estimate = self_conditioned(model)
     for i, (t, t_next) in enumerate(zip(steps[:-1], steps[1:], strict=True)):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        estimate = previous_x0 if self_conditioned(model) else None
+        estimate = previous_x0 if keeps_estimate else None
         output = guided_output(model, x, t_batch, labels, guidance, null_label, guide,
                                class_guidance, estimate)  # fmt: skip
         x0, _ = schedule.predict_x0_eps(output, x, t_batch)

@@ -114,14 +114,12 @@ def predict_x0(
     noisy: torch.Tensor,
     t: torch.Tensor,
     labels: torch.Tensor,
+    self_cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The clean latent as ``unet`` predicts it from ``noisy``; a self-conditioned network
-    predicts twice, the second time given its own first estimate (as in training)."""
-    predicted, _ = schedule.predict_x0_eps(unet(noisy, t, labels).float(), noisy, t)
-    if self_conditioned(unet):
-        output = unet(noisy, t, labels, self_cond=predicted.to(noisy.dtype))
-        predicted, _ = schedule.predict_x0_eps(output.float(), noisy, t)
-    return predicted
+    """The clean latent as ``unet`` predicts it from ``noisy`` in one pass (given ``self_cond``,
+    the previous estimate, if it is self-conditioned)."""
+    kwargs = {} if self_cond is None else {"self_cond": self_cond.to(noisy.dtype)}
+    return schedule.predict_x0_eps(unet(noisy, t, labels, **kwargs).float(), noisy, t)[0]
 
 
 @torch.no_grad()
@@ -149,6 +147,8 @@ def denoising_error(
             tt = torch.full((len(x),), t, device=device, dtype=torch.long)
             noisy = schedule.add_noise(x, noise, tt)
             predicted = predict_x0(model, schedule, noisy, tt, y)
+            if self_conditioned(model):  # a second pass given the first estimate, as in training
+                predicted = predict_x0(model, schedule, noisy, tt, y, self_cond=predicted)
             total += float((predicted - x).pow(2).sum())
             count += x.numel()
     return total / count
@@ -195,8 +195,7 @@ def self_condition_inputs(
     self_cond = torch.zeros_like(noisy)
     if estimated.any():
         with rt.autocast():
-            output = unet(noisy[estimated], t[estimated], labels[estimated])
-        x0, _ = schedule.predict_x0_eps(output.float(), noisy[estimated], t[estimated])
+            x0 = predict_x0(unet, schedule, noisy[estimated], t[estimated], labels[estimated])
         self_cond[estimated] = x0
     return self_cond
 
