@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from catdog import checkpoint
+from catdog import augment, checkpoint
 from catdog.config import DiffusionTrainConfig, ScheduleConfig
 from catdog.data import load_folder, to_float
 from catdog.diffusion import NoiseSchedule
@@ -319,3 +319,32 @@ def test_self_conditioning_trains_samples_and_resumes(tiny_data, tiny_vae, tmp_p
     a = checkpoint.load(tmp_path / "a" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
     b = checkpoint.load(tmp_path / "b" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_augmented_training_learns_its_labels_samples_and_resumes(
+    tiny_data, tiny_vae, vgg_weights, tmp_path
+):
+    kw = {"epochs": 2, "augment_prob": 0.5}
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "a", **kw))
+    unet, _, record = checkpoint.load_diffusion(tmp_path / "a" / FINAL)
+    assert unet.cfg.augment_dim == augment.LABEL_DIM
+    assert record["train_config"]["augment_prob"] == 0.5
+    # The label's weights get gradients only from transformed samples: they moved, so some
+    # were fed, with their labels.
+    torch.manual_seed(0)
+    initial = UNet(unet.cfg).augment_embedder.weight
+    assert not torch.allclose(unet.augment_embedder.weight, initial)
+    assert (tmp_path / "a" / "samples" / "epoch_0002.png").is_file()
+    # Resuming gives the same weights as one straight run, the transforms included.
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "b", stop_at_epoch=1, **kw))
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "b", **kw), resume=True)
+    a = checkpoint.load(tmp_path / "a" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
+    b = checkpoint.load(tmp_path / "b" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # With representation alignment, the untransformed samples still train it.
+    repa = {"repa_weight": 0.5, "repa_layer": 15, "vgg_weights": str(vgg_weights)}
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "c", **kw, **repa))
+    history = [json.loads(r) for r in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["loss_repa"] > 0
+    with pytest.raises(CatdogError, match=r"augment probability must be in \[0, 1\]"):
+        train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "d", epochs=1, augment_prob=1.5))

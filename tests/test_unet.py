@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+from catdog import augment
 from catdog.config import UNetConfig
 from catdog.ema import EMA
 from catdog.models.unet import FeatureProjector, UNet
@@ -92,3 +93,16 @@ def test_self_conditioned_unet_reads_its_estimate_and_a_plain_one_refuses_it():
     torch.testing.assert_close(net(x, t, y), net(x, t, y, self_cond=torch.zeros_like(x)))
     with pytest.raises(ValueError, match="self-conditioning"):
         UNet(TINY)(x, t, y, self_cond=estimate)
+
+
+def test_augment_labels_steer_the_unet_and_zeros_read_as_none():
+    torch.manual_seed(0)
+    net = UNet(dataclasses.replace(TINY, augment_dim=augment.LABEL_DIM)).eval()
+    torch.nn.init.normal_(net.head.weight, std=0.1)
+    x, t, y = torch.randn(2, 2, 8, 8), torch.tensor([10, 900]), torch.tensor([0, 1])
+    turned = augment.labels(torch.tensor([[0, 1, 0, 0], [1, 2, 1, -1]]))
+    assert not torch.allclose(net(x, t, y, augment_labels=turned), net(x, t, y))
+    # No augmentation (what sampling asks for) is the label of zeros, and adds nothing.
+    torch.testing.assert_close(net(x, t, y), net(x, t, y, augment_labels=torch.zeros(2, 5)))
+    with pytest.raises(ValueError, match="without augmentation"):
+        UNet(TINY)(x, t, y, augment_labels=turned)

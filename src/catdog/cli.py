@@ -402,6 +402,12 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         help=f"smallest crop side, relative to the image (default: {d.crop_min_scale})",
     )
+    _flag(
+        parser, "augment-prob", type=float,
+        help="non-leaking augmentation: the probability that a training latent is flipped, "
+        "turned and shifted, with the UNet told which (sampling asks for none); 0 = off "
+        f"(default: {d.augment_prob})",
+    )  # fmt: skip
     _flag(parser, "epochs", type=int, help=f"passes over the cached latents (default: {d.epochs})")
     _flag(parser, "batch-size", type=int, help=f"batch size (default: {d.batch_size})")
     _flag(parser, "lr", type=float, help=f"learning rate (default: {d.lr})")
@@ -510,6 +516,7 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
         "latent_sampling",
         "crop_copies",
         "crop_min_scale",
+        "augment_prob",
         "epochs",
         "batch_size",
         "lr",

@@ -168,6 +168,10 @@ class UNetConfig:
     # previous estimate of the clean latent (zeros when there is none), which samplers pass on
     # from step to step. Doubles the stem's input channels only.
     self_condition: bool = False
+    # Width of the augmentation label (catdog.augment.LABEL_DIM when the run augments its
+    # latents, 0 = none): a bias-free linear map of it is added to the time embedding, so the
+    # label of no augmentation (zeros), which sampling uses, adds nothing.
+    augment_dim: int = 0
 
 
 @dataclass
@@ -204,6 +208,10 @@ class DiffusionTrainConfig:
     # sees more distinct latents. 0 = the images and their mirrors only.
     crop_copies: int = 0
     crop_min_scale: float = 0.8
+    # Non-leaking augmentation (EDM; catdog.augment): each training latent is flipped
+    # vertically, turned and shifted with this probability, and the UNet is told which
+    # transform it got (needs unet.augment_dim = augment.LABEL_DIM). 0 = off.
+    augment_prob: float = 0.0
     epochs: int = 2000  # one epoch = one pass over the cached (flip-augmented) training latents
     batch_size: int = 128
     lr: float = 1e-3

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import checkpoint, distributed, viz
+from . import augment, checkpoint, distributed, viz
 from .config import DiffusionTrainConfig, to_dict
 from .data import balanced_subset, load_split, random_resized_crops, to_float
 from .diffusion import NoiseSchedule, self_conditioned
@@ -115,10 +115,13 @@ def predict_x0(
     t: torch.Tensor,
     labels: torch.Tensor,
     self_cond: torch.Tensor | None = None,
+    augment_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The clean latent as ``unet`` predicts it from ``noisy`` in one pass (given ``self_cond``,
-    the previous estimate, if it is self-conditioned)."""
+    the previous estimate, if it is self-conditioned, and the augmentation labels if any)."""
     kwargs = {} if self_cond is None else {"self_cond": self_cond.to(noisy.dtype)}
+    if augment_labels is not None:
+        kwargs["augment_labels"] = augment_labels
     return schedule.predict_x0_eps(unet(noisy, t, labels, **kwargs).float(), noisy, t)[0]
 
 
@@ -187,6 +190,7 @@ def self_condition_inputs(
     labels: torch.Tensor,
     estimated: torch.Tensor,
     rt: distributed.Runtime,
+    augment_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Self-conditioning's training input (Chen et al. 2023): for the samples in ``estimated``,
     the network's own clean-latent estimate from a first pass without one (no gradient), and
@@ -195,7 +199,9 @@ def self_condition_inputs(
     self_cond = torch.zeros_like(noisy)
     if estimated.any():
         with rt.autocast():
-            x0 = predict_x0(unet, schedule, noisy[estimated], t[estimated], labels[estimated])
+            aug = None if augment_labels is None else augment_labels[estimated]
+            x0 = predict_x0(unet, schedule, noisy[estimated], t[estimated], labels[estimated],
+                            augment_labels=aug)  # fmt: skip
         self_cond[estimated] = x0
     return self_cond
 
@@ -215,10 +221,12 @@ class Denoiser(torch.nn.Module):
         t: torch.Tensor,
         labels: torch.Tensor,
         self_cond: torch.Tensor | None = None,
+        augment_labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        kwargs = {"self_cond": self_cond, "augment_labels": augment_labels}
         if self.projector is None:
-            return self.unet(x, t, labels, self_cond=self_cond), None
-        prediction, features = self.unet(x, t, labels, return_features=True, self_cond=self_cond)
+            return self.unet(x, t, labels, **kwargs), None
+        prediction, features = self.unet(x, t, labels, return_features=True, **kwargs)
         return prediction, self.projector(features)
 
 
@@ -264,6 +272,8 @@ def train_on(
         raise CatdogError(f"repa weight must be >= 0, got {cfg.repa_weight}")
     if cfg.repa_hidden < 1:
         raise CatdogError(f"repa hidden width must be >= 1, got {cfg.repa_hidden}")
+    if not 0 <= cfg.augment_prob <= 1:
+        raise CatdogError(f"augment probability must be in [0, 1], got {cfg.augment_prob}")
     if not 0 <= cfg.cooldown_epochs <= cfg.epochs:
         raise CatdogError(f"cooldown epochs must be in 0..{cfg.epochs} (the run's epochs), "
                           f"got {cfg.cooldown_epochs}")  # fmt: skip
@@ -276,6 +286,7 @@ def train_on(
     vae_link = checkpoint.vae_link(vae, str(Path(cfg.vae_path).resolve()))
     if state is None:  # a new UNet takes its VAE's latent shape; a resumed one keeps its own
         cfg.unet.latent_channels, cfg.unet.latent_size = vae.cfg.latent_shape[:2]
+        cfg.unet.augment_dim = augment.LABEL_DIM if cfg.augment_prob > 0 else 0
     if (vae.cfg.latent_channels, vae.cfg.latent_size) != (
         cfg.unet.latent_channels,
         cfg.unet.latent_size,
@@ -362,7 +373,7 @@ def train_on(
     record: dict[str, Any] = history[-1] if history else {}
     unet.train()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        epoch_start, loss_sum, repa_sum, seen = time.monotonic(), 0.0, 0.0, 0
+        epoch_start, loss_sum, repa_sum, seen, repa_seen = time.monotonic(), 0.0, 0.0, 0, 0
         perm = torch.randperm(n, generator=data_rng)
         batches = list(perm.split(cfg.batch_size))
         if drop_last and len(batches[-1]) < cfg.batch_size:
@@ -383,26 +394,43 @@ def train_on(
             estimated = None  # which samples get a self-conditioning estimate (half of them)
             if cfg.unet.self_condition:
                 estimated = torch.rand(len(index), generator=data_rng) < 0.5
+            transforms = None  # non-leaking augmentation: each sample's transform, if any
+            if cfg.augment_prob > 0:
+                transforms = augment.draw(len(index), cfg.augment_prob, data_rng)
             slices = rt.local_slices(len(index), accum)
             opt.zero_grad(set_to_none=True)
             for k, part in enumerate(slices):
-                x0 = vae.normalize_latent(mean[part]).to(device)
+                x0 = vae.normalize_latent(mean[part])
+                aug = None
+                if transforms is not None:
+                    x0 = augment.apply(x0, transforms[part])
+                    aug = augment.labels(transforms[part]).to(device)
+                x0 = x0.to(device)
                 eps, tt, yy = noise[part].to(device), t[part].to(device), labels[part].to(device)
                 noisy = schedule.add_noise(x0, eps, tt)
                 self_cond = None
                 if estimated is not None:
-                    self_cond = self_condition_inputs(unet, schedule, noisy, tt, yy,
-                                                      estimated[part].to(device), rt)  # fmt: skip
+                    self_cond = self_condition_inputs(
+                        unet, schedule, noisy, tt, yy, estimated[part].to(device), rt, aug
+                    )
                 with rt.no_sync(model, k == len(slices) - 1), rt.autocast():
-                    prediction, projected = model(noisy, tt, yy, self_cond)
+                    prediction, projected = model(noisy, tt, yy, self_cond, aug)
                 per_sample = F.mse_loss(prediction.float(), schedule.target(x0, eps, tt),
                                         reduction="none")  # fmt: skip
                 loss = (schedule.loss_weight(tt) * per_sample.flatten(1).mean(1)).mean()
                 total = loss
                 if projected is not None:
-                    repa = alignment_loss(projected, latents["features"][index[part]].to(device))
-                    total = loss + cfg.repa_weight * repa
-                    repa_sum += repa.item() * len(eps)
+                    # Only untransformed samples: the image features are of the untransformed
+                    # image. (A micro-batch with none of them adds no alignment term.)
+                    kept = slice(None) if transforms is None else ~transforms[part].any(1)
+                    target = latents["features"][index[part][kept]].to(device)
+                    if len(target):
+                        repa = alignment_loss(projected[kept], target)
+                        total = loss + cfg.repa_weight * repa
+                        repa_sum += repa.item() * len(target)
+                        repa_seen += len(target)
+                    else:  # keeps the projector in the graph, as data-parallel training needs
+                        total = loss + 0.0 * projected.sum()
                 with rt.no_sync(model, k == len(slices) - 1):
                     (total / len(slices)).backward()
                 loss_sum += loss.item() * len(eps)
@@ -414,13 +442,14 @@ def train_on(
             step += 1
             if step == cfg.guide_step and rt.is_main:
                 guide_link = save_guide(epoch)
-        totals = rt.sum(torch.tensor([loss_sum, repa_sum, float(seen)], dtype=torch.float64))
+        totals = rt.sum(torch.tensor([loss_sum, repa_sum, float(seen), float(repa_seen)],
+                                     dtype=torch.float64))  # fmt: skip
         elapsed = time.monotonic() - epoch_start
         record = {"epoch": epoch, "step": step, "lr": lr, "loss": float(totals[0] / totals[2]),
                   "latents_per_s": float(totals[2]) / elapsed,
                   "epoch_seconds": elapsed}  # fmt: skip
         if projector is not None:
-            record["loss_repa"] = float(totals[1] / totals[2])
+            record["loss_repa"] = float(totals[1] / totals[3].clamp(min=1))
         history.append(record)
         time_up = rt.agree(
             cfg.max_minutes is not None and (time.monotonic() - started) > 60 * cfg.max_minutes

@@ -63,6 +63,9 @@ class UNet(nn.Module):
             nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.class_embedder = ClassEmbedder(cfg.num_classes, emb_dim)
+        self.augment_embedder = (
+            nn.Linear(cfg.augment_dim, emb_dim, bias=False) if cfg.augment_dim > 0 else None
+        )
         in_ch = cfg.latent_channels * (2 if cfg.self_condition else 1)
         self.stem = nn.Conv2d(in_ch, ch[0], 3, padding=1)
         self.down = nn.ModuleList()
@@ -107,16 +110,24 @@ class UNet(nn.Module):
         labels: torch.Tensor,
         return_features: bool = False,
         self_cond: torch.Tensor | None = None,
+        augment_labels: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The prediction; with ``return_features`` also the middle level's output (B, C, h, w),
         which representation alignment trains to carry image features.
 
         ``self_cond`` is the previous estimate of the clean latent, for a self-conditioned
         network (``cfg.self_condition``); None stands for "no estimate yet" (zeros). A network
-        without self-conditioning refuses one."""
+        without self-conditioning refuses one.
+
+        ``augment_labels`` (B, cfg.augment_dim) describe the transform each training latent got
+        (``catdog.augment``); None stands for none (zeros), which is what sampling asks for."""
         emb = self.time_mlp(timestep_embedding(t, self.cfg.channels[0])) + self.class_embedder(
             labels
         )
+        if augment_labels is not None:
+            if self.augment_embedder is None:
+                raise ValueError("augment_labels given to a UNet trained without augmentation")
+            emb = emb + self.augment_embedder(augment_labels.to(emb.dtype))
         if self.cfg.self_condition:
             x = torch.cat([x, torch.zeros_like(x) if self_cond is None else self_cond], dim=1)
         elif self_cond is not None:
