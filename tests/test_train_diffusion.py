@@ -10,6 +10,7 @@ from catdog.config import DiffusionTrainConfig, ScheduleConfig
 from catdog.data import load_folder, to_float
 from catdog.diffusion import NoiseSchedule
 from catdog.errors import CatdogError
+from catdog.export import export_pair
 from catdog.losses import load_vgg16_features, vgg_feature_map
 from catdog.models.unet import UNet
 from catdog.models.vae import VAE
@@ -341,6 +342,12 @@ def test_augmented_training_learns_its_labels_samples_and_resumes(
     a = checkpoint.load(tmp_path / "a" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
     b = checkpoint.load(tmp_path / "b" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The fp16 export keeps the label's weights (sampling never feeds it, but a reload must fit).
+    diffusion_file = export_pair(tmp_path / "a" / FINAL, tmp_path / "shipped")[1]
+    shipped, _, _ = checkpoint.load_diffusion(diffusion_file)
+    assert shipped.cfg.augment_dim == augment.LABEL_DIM
+    torch.testing.assert_close(shipped.augment_embedder.weight.float(),
+                               unet.augment_embedder.weight, atol=1e-3, rtol=1e-3)  # fmt: skip
     # With representation alignment, the untransformed samples still train it.
     repa = {"repa_weight": 0.5, "repa_layer": 15, "vgg_weights": str(vgg_weights)}
     train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "c", **kw, **repa))

@@ -210,7 +210,7 @@ class DiffusionTrainConfig:
     crop_min_scale: float = 0.8
     # Non-leaking augmentation (EDM; catdog.augment): each training latent is flipped
     # vertically, turned and shifted with this probability, and the UNet is told which
-    # transform it got (needs unet.augment_dim = augment.LABEL_DIM). 0 = off.
+    # transform it got (a new run sets unet.augment_dim to augment.LABEL_DIM). 0 = off.
     augment_prob: float = 0.0
     epochs: int = 2000  # one epoch = one pass over the cached (flip-augmented) training latents
     batch_size: int = 128
