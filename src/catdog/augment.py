@@ -19,13 +19,13 @@ identity, so an unaugmented sample reads exactly as sampling does).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 LABEL_DIM = 5  # vertical flip, sin and cos - 1 of the rotation, x and y shift (as fractions)
 MAX_SHIFT = 2  # latent pixels (1/6 of a 12x12 latent)
+# sin and cos - 1 of 0, 1, 2 and 3 quarter turns, exactly (so the identity reads as zeros)
+_SIN, _COS_M1 = torch.tensor([0.0, 1.0, 0.0, -1.0]), torch.tensor([0.0, -1.0, -2.0, -1.0])
 
 
 def draw(n: int, prob: float, generator: torch.Generator) -> torch.Tensor:
@@ -44,12 +44,10 @@ def draw(n: int, prob: float, generator: torch.Generator) -> torch.Tensor:
 
 def labels(params: torch.Tensor) -> torch.Tensor:
     """The conditioning vector (n, LABEL_DIM) of each transform; zeros for the identity."""
-    flip, quarter, dx, dy = params.float().unbind(1)
-    angle = quarter * (math.pi / 2)
-    # Exact zeros at 0 (a float sin(0) is 0, cos(0) - 1 is 0), so identity reads as "none".
-    return torch.stack(
-        [flip, torch.sin(angle), torch.cos(angle) - 1, dx / MAX_SHIFT, dy / MAX_SHIFT], dim=1
-    ).round(decimals=6)
+    flip, quarter, dx, dy = params.cpu().unbind(1)
+    shift = torch.stack([dx, dy], dim=1) / MAX_SHIFT
+    return torch.cat([torch.stack([flip.float(), _SIN[quarter], _COS_M1[quarter]], dim=1), shift],
+                     dim=1)  # fmt: skip
 
 
 def apply(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

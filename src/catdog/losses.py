@@ -116,14 +116,21 @@ def vgg_feature_map(vgg_features: nn.Sequential, images: torch.Tensor, layer: in
     return vgg_features[: layer + 1](vgg_input(images))
 
 
-def alignment_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def alignment_loss(
+    projected: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """REPA's alignment term (Yu et al. 2025): 1 - cosine similarity between projected denoiser
     features and target features (B, C, h, w), per position, averaged. The target is pooled to
-    the projection's spatial size when they differ."""
+    the projection's spatial size when they differ.
+
+    ``keep`` (B, bool) averages over those samples only (the others' targets do not describe
+    them); with none kept the term is 0, still a function of ``projected``."""
     if target.shape[-2:] != projected.shape[-2:]:
         target = F.adaptive_avg_pool2d(target.float(), projected.shape[-2:])
-    cos = F.cosine_similarity(projected.float(), target.float(), dim=1)
-    return (1.0 - cos).mean()
+    per_sample = (1.0 - F.cosine_similarity(projected.float(), target.float(), dim=1)).flatten(1)
+    if keep is None:
+        return per_sample.mean()
+    return (per_sample.mean(1) * keep).sum() / keep.sum().clamp(min=1)
 
 
 def vf_loss(

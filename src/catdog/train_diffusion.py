@@ -400,11 +400,11 @@ def train_on(
             slices = rt.local_slices(len(index), accum)
             opt.zero_grad(set_to_none=True)
             for k, part in enumerate(slices):
-                x0 = vae.normalize_latent(mean[part])
-                aug = None
+                x0, aug, kept = vae.normalize_latent(mean[part]), None, None
                 if transforms is not None:
-                    x0 = augment.apply(x0, transforms[part])
-                    aug = augment.labels(transforms[part]).to(device)
+                    moves = transforms[part]
+                    x0, aug = augment.apply(x0, moves), augment.labels(moves).to(device)
+                    kept = (~moves.any(1)).to(device)  # untransformed: REPA's targets fit them
                 x0 = x0.to(device)
                 eps, tt, yy = noise[part].to(device), t[part].to(device), labels[part].to(device)
                 noisy = schedule.add_noise(x0, eps, tt)
@@ -420,17 +420,12 @@ def train_on(
                 loss = (schedule.loss_weight(tt) * per_sample.flatten(1).mean(1)).mean()
                 total = loss
                 if projected is not None:
-                    # Only untransformed samples: the image features are of the untransformed
-                    # image. (A micro-batch with none of them adds no alignment term.)
-                    kept = slice(None) if transforms is None else ~transforms[part].any(1)
-                    target = latents["features"][index[part][kept]].to(device)
-                    if len(target):
-                        repa = alignment_loss(projected[kept], target)
-                        total = loss + cfg.repa_weight * repa
-                        repa_sum += repa.item() * len(target)
-                        repa_seen += len(target)
-                    else:  # keeps the projector in the graph, as data-parallel training needs
-                        total = loss + 0.0 * projected.sum()
+                    target = latents["features"][index[part]].to(device)
+                    repa = alignment_loss(projected, target, kept)
+                    total = loss + cfg.repa_weight * repa
+                    aligned = len(eps) if kept is None else int(kept.sum())
+                    repa_sum += repa.item() * aligned
+                    repa_seen += aligned
                 with rt.no_sync(model, k == len(slices) - 1):
                     (total / len(slices)).backward()
                 loss_sum += loss.item() * len(eps)
