@@ -8,6 +8,12 @@ For each VAE checkpoint, on the held-out split (all images):
   are exactly such perturbations: the higher this PSNR, the more forgiving the latent;
 - effective dimension: how many principal components of the normalised test latents explain
   95% of their variance (more = more for the diffusion model to learn from 1,000 images).
+- spectrum: the share of the test latents' power (each channel of each latent standardised)
+  in the upper half of spatial frequencies, beside the same share for the test images
+  downsampled to the latent's side. Diffusion is easier on a latent whose spectrum falls off
+  like an image's (Skorokhodov et al. 2025);
+- scale equivariance: PSNR of the decoded 2x-downsampled latent mean against the
+  2x-downsampled image (what train-vae's equiv term trains for).
 
     python bench/latent_analysis.py --data-dir ../shared/data/catdog96 RUN/vae_gan_final.pt ...
 
@@ -22,6 +28,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -46,6 +53,8 @@ def analyse(path: str, data_dir: str, noise: float = 0.1) -> dict:
         vae.normalize_latent(test_means) + noise * torch.randn(test_means.shape, generator=g)
     )
     recon_noisy = torch.cat([vae.decode(m) for m in noisy.split(256)])
+    x = to_float(test.images)
+    half = torch.cat([vae.decode(F.avg_pool2d(m, 2)) for m in test_means.split(256)])
     return {
         **record_header(),
         "checkpoint": path,
@@ -57,7 +66,24 @@ def analyse(path: str, data_dir: str, noise: float = 0.1) -> dict:
         "probe_acc": linear_probe_accuracy(train_means, train.labels, test_means, test.labels),
         f"noise{noise}_psnr": round(psnr(recon_noisy, recon).mean().item(), 2),
         "pca95_dims": effective_dimension(vae.normalize_latent(test_means)),
+        "high_freq_share": round(high_frequency_share(test_means), 4),
+        "image_high_freq_share": round(
+            high_frequency_share(F.interpolate(x, size=vae.cfg.latent_size, mode="area")), 4
+        ),
+        "half_scale_psnr": round(psnr(half, F.avg_pool2d(x, 2)).mean().item(), 2),
     }
+
+
+def high_frequency_share(maps: torch.Tensor) -> float:
+    """Share of the power of (N, C, h, w) maps, each channel of each map standardised, at
+    radial spatial frequencies above half the Nyquist frequency."""
+    maps = maps.double()
+    maps = maps - maps.mean(dim=(2, 3), keepdim=True)
+    maps = maps / maps.std(dim=(2, 3), keepdim=True).clamp_min(1e-8)
+    power = torch.fft.fft2(maps).abs().pow(2).mean(dim=(0, 1))
+    freq = torch.fft.fftfreq(maps.shape[-1], dtype=torch.float64).abs()  # cycles per pixel
+    radius = (freq[:, None] ** 2 + freq[None, :] ** 2).sqrt()
+    return (power[radius > 0.25].sum() / power.sum()).item()
 
 
 def effective_dimension(latents: torch.Tensor, share: float = 0.95) -> int:

@@ -162,6 +162,25 @@ def test_finetune_decoder_takes_the_decoder_preset(tiny_data, tiny_vae, tmp_path
     assert_one_line_error(missing, "checkpoint not found")
 
 
+def test_init_from_and_equiv_flags_reach_the_run(tiny_data, tiny_vae, tmp_path):
+    base = ["main.py", "--mode", "vae", "--init_from", str(tiny_vae), "--no-progress",
+            "--data-dir", str(tiny_data), "--lambda-vgg", "0", "--batch-size", "8",
+            "--epochs", "1"]  # fmt: skip
+    result = run_cli(*base, "--lambda_equiv", "0.5", "--save_dir", str(tmp_path / "eq"))
+    assert result.returncode == 0, result.stderr
+    cfg = json.loads((tmp_path / "eq" / "config.json").read_text())
+    assert cfg["init_from"] == str(tiny_vae) and cfg["losses"]["equiv"]["weight"] == 0.5
+    assert cfg["model"]["image_size"] == 16  # the source VAE's architecture, not the preset's
+    history = [json.loads(line) for line in (tmp_path / "eq" / "metrics.jsonl").open()]
+    assert history[0]["w_equiv"] == 0.5 and history[0]["loss_equiv"] > 0
+    both = run_cli(*base, "--finetune-decoder", str(tiny_vae), "--save_dir", str(tmp_path / "x"))
+    assert_one_line_error(both, "exclusive")
+    missing = run_cli(*base[:4], str(tmp_path / "none.pt"), *base[5:],
+                      "--save_dir", str(tmp_path / "missing"))  # fmt: skip
+    assert_one_line_error(missing, "checkpoint not found")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "missing").exists()
+
+
 def test_diffusion_flags_reach_the_config():
     parser = argparse.ArgumentParser()
     add_diffusion_train_args(parser)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from catdog import checkpoint
@@ -290,3 +291,73 @@ def test_color_jitter_encodes_on_the_fly(tiny_data, tiny_vae, tmp_path):
     cfg.data.color_jitter = 0.2
     record = train(cfg)
     assert record["loss_rec"] > 0 and record["epoch"] == 1
+
+
+def half_scale_l1(vae, images):
+    """L1 between the decoded 2x-downsampled latent mean and the 2x-downsampled image."""
+    x = to_float(images)
+    with torch.no_grad():
+        mean = vae.encode(x)[0]
+        return F.l1_loss(vae.decode(F.avg_pool2d(mean, 2)), F.avg_pool2d(x, 2)).item()
+
+
+def test_init_from_starts_from_the_source_and_trains_the_whole_vae(tiny_data, tiny_vae, tmp_path):
+    source, before = checkpoint.load_vae(tiny_vae)
+    a = source.state_dict()
+    # At lr 0 the fine-tune hands back the source itself: it starts from its weights.
+    still = tiny_cfg(tiny_data, tmp_path / "still", epochs=1, lr=0.0, init_from=str(tiny_vae))
+    still.model.latent_channels = 3  # ignored: the architecture is the source's
+    train(still)
+    same, record = checkpoint.load_vae(tmp_path / "still" / FINAL)
+    assert record["train_config"]["model"] == before["config"]
+    for key, value in same.state_dict().items():
+        if key.startswith("latent_"):  # recomputed from the same encoder
+            torch.testing.assert_close(value, a[key], atol=1e-5, rtol=1e-4)
+        else:
+            assert torch.equal(value, a[key]), key
+    # At a real rate the encoder trains too, unlike --finetune-decoder: the latent changes.
+    train(tiny_cfg(tiny_data, tmp_path / "moved", epochs=1, init_from=str(tiny_vae)))
+    moved, _ = checkpoint.load_vae(tmp_path / "moved" / FINAL)
+    b = moved.state_dict()
+    assert not torch.equal(a["encoder.stem.weight"], b["encoder.stem.weight"])
+    assert checkpoint.latent_hash(b) != checkpoint.latent_hash(a)
+
+
+def test_init_from_resumes_exactly_without_its_source(tiny_data, tiny_vae, tmp_path):
+    source = tmp_path / "source.pt"
+    shutil.copy(tiny_vae, source)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_cfg(tiny_data, straight, epochs=2, init_from=str(source)))
+    train(tiny_cfg(tiny_data, split, epochs=2, stop_at_epoch=1, init_from=str(source)))
+    source.unlink()  # a resumed run has its own weights and does not read the source again
+    train(tiny_cfg(tiny_data, split, epochs=2, init_from=str(source)), resume=True)
+    a, b = state_dict_of(straight / FINAL), state_dict_of(split / FINAL)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_equiv_term_makes_the_latent_scale_equivariant(tiny_data, tiny_vae, tmp_path):
+    images = load_folder(tiny_data, "test", 16).images
+    errors, records = {}, {}
+    for weight in (0.0, 5.0):
+        cfg = tiny_cfg(tiny_data, tmp_path / str(weight), epochs=4, init_from=str(tiny_vae),
+                       lr_warmup_steps=1)  # fmt: skip
+        cfg.losses.equiv = LossTerm(weight)
+        records[weight] = train(cfg)
+        errors[weight] = half_scale_l1(checkpoint.load_vae(tmp_path / str(weight) / FINAL)[0],
+                                       images)  # fmt: skip
+    # Held-out images; without the term the two runs are the same run (same seed, same data).
+    assert errors[5.0] < 0.95 * errors[0.0]
+    assert "loss_equiv" not in records[0.0] and records[5.0]["w_equiv"] == 5.0
+    assert records[5.0]["loss_equiv"] > 0
+
+
+def test_fine_tuning_options_that_cannot_combine(tiny_data, tiny_vae, tmp_path):
+    both = tiny_decoder_cfg(tiny_data, tiny_vae, tmp_path / "both", init_from=str(tiny_vae))
+    with pytest.raises(CatdogError, match="exclusive"):
+        train(both)
+    equiv = tiny_decoder_cfg(tiny_data, tiny_vae, tmp_path / "equiv")
+    equiv.losses.equiv = LossTerm(1.0)
+    with pytest.raises(CatdogError, match="decoder fine-tuning keeps the encoder fixed"):
+        train(equiv)
+    assert not (tmp_path / "both").exists() and not (tmp_path / "equiv").exists()

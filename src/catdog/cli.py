@@ -38,6 +38,7 @@ TERM_HELP = {
     "cls": "latent classifier cross-entropy",
     "center": "center loss toward per-class latent centers",
     "align": "latent alignment to VGG16 features (VA-VAE's VF loss)",
+    "equiv": "scale-equivariance loss (decoded 2x-downsampled latent vs 2x-downsampled image)",
 }
 
 
@@ -84,15 +85,22 @@ def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
         help="named config preset (default: cpu, or decoder with --finetune-decoder)",
     )
     g = parser.add_argument_group(
-        "decoder fine-tuning",
-        "train only the decoder of a trained VAE: the latent space stays the same, so diffusion "
-        "models trained on that VAE still fit the result",
+        "fine-tuning a trained VAE",
+        "--finetune-decoder trains only the decoder of a trained VAE: the latent space stays the "
+        "same, so diffusion models trained on that VAE still fit the result",
     )
     _flag(
         g,
         "finetune-decoder",
         metavar="VAE_PATH",
         help="the trained VAE to start from (its architecture is used; model flags are ignored)",
+    )
+    _flag(
+        g,
+        "init-from",
+        metavar="VAE_PATH",
+        help="fine-tune a whole trained VAE instead (every weight starts from it and trains; the "
+        "latent changes, so diffusion models of the source no longer fit)",
     )
     _flag(
         g,
@@ -275,7 +283,7 @@ def vae_config_from_args(args: argparse.Namespace) -> VAETrainConfig:
     for key in (
         "epochs", "batch_size", "lr", "disc_lr", "lr_schedule", "seed", "save_dir", "vgg_weights",
         "eval_every", "viz_every", "checkpoint_every", "max_minutes", "stop_at_epoch",
-        "finetune_decoder", "latent_noise", "align_layer",
+        "finetune_decoder", "latent_noise", "align_layer", "init_from",
     ):  # fmt: skip
         if getattr(args, key) is not None:
             o[key] = getattr(args, key)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
-LOSS_TERMS: tuple[str, ...] = ("kl", "vgg", "adv", "cls", "center", "align")
+LOSS_TERMS: tuple[str, ...] = ("kl", "vgg", "adv", "cls", "center", "align", "equiv")
 
 
 @dataclass
@@ -92,6 +92,10 @@ class LossSchedule:
     center: LossTerm = field(default_factory=lambda: LossTerm(0.1, 2.0, 3.0))
     # Latent alignment to frozen VGG16 features (VA-VAE's VF loss, Yao et al. 2025); 0 = off.
     align: LossTerm = field(default_factory=lambda: LossTerm(0.0, 0.0, 0.0))
+    # Scale equivariance (Skorokhodov et al. 2025, "Improving the diffusability of
+    # autoencoders"): L1 between the decoded 2x-downsampled latent and the 2x-downsampled image,
+    # so that the latent decodes sensibly at half its side, as an image does; 0 = off.
+    equiv: LossTerm = field(default_factory=lambda: LossTerm(0.0, 0.0, 0.0))
 
     def weights_at(self, epoch: float) -> dict[str, float]:
         return {name: getattr(self, name).weight_at(epoch) for name in LOSS_TERMS}
@@ -147,6 +151,10 @@ class VAETrainConfig:
     # statistics and latent heads stay as they are, so diffusion models trained on it still fit.
     finetune_decoder: str | None = None
     latent_noise: float = 0.0  # decoder fine-tuning: std of noise on its input (normalised units)
+    # Whole-VAE fine-tuning: start every weight from this trained VAE (its architecture is
+    # used) and train all of them, e.g. with a new loss term. The latent changes, so diffusion
+    # models trained on the source do not fit the result.
+    init_from: str | None = None
 
 
 @dataclass

@@ -45,6 +45,7 @@ from .models.vae import VAE
 from .runs import prepare_run, write_metrics
 
 BEST, FINAL, STATE = "vae_gan_best.pt", "vae_gan_final.pt", "vae_train_state.pt"
+EQUIV_FACTOR = 2  # the equiv term compares decode(pool(z)) with pool(x) at 1/2 the side
 VGG_CACHE_MAX_BYTES = 4 * 2**30  # cache target features only while they fit comfortably in RAM
 CURVE_KEYS = ["loss_total", "loss_rec", "loss_kl", "loss_vgg", "loss_adv", "loss_disc", "loss_cls",
               "loss_center", "val_psnr", "probe_acc"]  # fmt: skip
@@ -117,22 +118,29 @@ class LatentProjector(torch.nn.Module):
 class GeneratorTerms(torch.nn.Module):
     """Every VAE output the generator losses use, from one forward, so that DDP sees each VAE
     parameter (classifier, class centers and the align projector included) take part in every
-    step."""
+    step. With ``equivariance``, it also decodes the posterior sample downsampled by
+    ``EQUIV_FACTOR`` (the equiv term's input)."""
 
-    def __init__(self, vae: VAE, projector: LatentProjector | None = None) -> None:
+    def __init__(
+        self, vae: VAE, projector: LatentProjector | None = None, equivariance: bool = False
+    ) -> None:
         super().__init__()
         self.vae = vae
         self.projector = projector
+        self.equivariance = equivariance
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        recon, mean, logvar = self.vae(x, eps=eps)
+        mean, logvar = self.vae.encode(x)
+        z = self.vae.sample_posterior(mean, logvar, eps=eps)
+        recon = self.vae.decode(z)
         flat_mean = mean.flatten(1)
         logits = self.vae.classifier(flat_mean)
         center = center_loss(flat_mean, labels, self.vae.class_centers)
         projected = self.projector(mean) if self.projector is not None else None
-        return recon, mean, logvar, logits, center, projected
+        small = self.vae.decode(F.avg_pool2d(z, EQUIV_FACTOR)) if self.equivariance else None
+        return recon, mean, logvar, logits, center, projected, small
 
 
 def _cache_vgg_targets(
@@ -189,6 +197,16 @@ def train_on(
         decoder_of = checkpoint.vae_link(source, str(Path(cfg.finetune_decoder).resolve()))
     elif cfg.latent_noise:
         raise CatdogError("--latent-noise is for decoder fine-tuning (--finetune-decoder)")
+    if cfg.init_from is not None and decoder_only:
+        raise CatdogError("--init-from and --finetune-decoder are exclusive: fine-tune the whole "
+                          "VAE or its decoder only")  # fmt: skip
+    if cfg.init_from is not None and state is None:
+        source, _ = checkpoint.load_vae(cfg.init_from)
+        cfg.model = source.cfg  # the architecture is the source's
+        cfg.data.image_size = source.cfg.image_size  # and the data follows it
+    if decoder_only and cfg.losses.ever_on("equiv"):
+        raise CatdogError("--lambda-equiv shapes the encoder's latent; decoder fine-tuning "
+                          "keeps the encoder fixed, so it cannot be used there")  # fmt: skip
     if decoder_only and cfg.losses.ever_on("align"):
         raise CatdogError("--lambda-align shapes the encoder's latent; decoder fine-tuning "
                           "keeps the encoder fixed, so it cannot be used there")  # fmt: skip
@@ -302,7 +320,11 @@ def train_on(
     posterior = None
     if decoder_only and cfg.data.color_jitter == 0:
         posterior = encode_training_set(vae, train_set.images)
-    generator_terms = rt.wrap(vae.decoder if decoder_only else GeneratorTerms(vae, projector))
+    generator_terms = rt.wrap(
+        vae.decoder
+        if decoder_only
+        else GeneratorTerms(vae, projector, equivariance=losses.ever_on("equiv"))
+    )
     disc_model = rt.wrap(disc) if disc is not None else None
     if rt.is_main:
         checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
@@ -387,13 +409,15 @@ def train_on(
                     terms = {"rec": F.l1_loss(recon, x)}
                 else:
                     with rt.no_sync(generator_terms, sync), rt.autocast():
-                        recon, mean, logvar, logits, center, projected = generator_terms(
+                        recon, mean, logvar, logits, center, projected, small = generator_terms(
                             x, labels, eps_all[part].to(device)
                         )
                     recon = recon.float()
                     terms = {"rec": F.l1_loss(recon, x),
                              "cls": classifier_loss(logits.float(), labels),
                              "center": center.float()}  # fmt: skip
+                    if small is not None:
+                        terms["equiv"] = F.l1_loss(small.float(), F.avg_pool2d(x, EQUIV_FACTOR))
                     if weights["kl"] > 0:
                         terms["kl"] = kl_divergence(mean.float(), logvar.float())
                     if projected is not None:
@@ -519,7 +543,7 @@ def _decoder_input(
         with torch.no_grad():
             mean, logvar = vae.encode(x)
     eps, noise = eps.to(x.device), noise.to(x.device)
-    return mean + torch.exp(0.5 * logvar) * eps + vae.latent_std[:, None, None] * noise
+    return vae.sample_posterior(mean, logvar, eps=eps) + vae.latent_std[:, None, None] * noise
 
 
 def _save_pictures(

@@ -90,11 +90,16 @@ class VAE(nn.Module):
 
     @staticmethod
     def sample_posterior(
-        mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Reparameterised sample z = mean + std * eps."""
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + torch.exp(0.5 * logvar) * eps
+        """Reparameterised sample z = mean + std * eps, with ``eps`` when given (noise drawn
+        elsewhere), else fresh noise."""
+        if eps is None:
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * logvar) * eps.to(mean.dtype)
 
     def forward(
         self,
@@ -106,11 +111,7 @@ class VAE(nn.Module):
 
         The sample uses ``eps`` when given (noise drawn elsewhere), else fresh noise."""
         mean, logvar = self.encode(x)
-        if eps is None:
-            z = self.sample_posterior(mean, logvar, generator)
-        else:
-            z = mean + torch.exp(0.5 * logvar) * eps.to(mean.dtype)
-        return self.decode(z), mean, logvar
+        return self.decode(self.sample_posterior(mean, logvar, generator, eps)), mean, logvar
 
     # Latent normalisation: stored with the model, used by the diffusion stage.
     def set_latent_stats(self, latent_means: torch.Tensor) -> None:
