@@ -38,7 +38,7 @@ from catdog.checkpoint import load_vae  # noqa: E402
 from catdog.config import DataConfig  # noqa: E402
 from catdog.data import load_split, to_float  # noqa: E402
 from catdog.metrics import linear_probe_accuracy, psnr  # noqa: E402
-from catdog.train_vae import encode_means  # noqa: E402
+from catdog.train_vae import EQUIV_FACTOR, encode_means  # noqa: E402
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def analyse(path: str, data_dir: str, noise: float = 0.1) -> dict:
     )
     recon_noisy = torch.cat([vae.decode(m) for m in noisy.split(256)])
     x = to_float(test.images)
-    half = torch.cat([vae.decode(F.avg_pool2d(m, 2)) for m in test_means.split(256)])
+    half = torch.cat([vae.decode(F.avg_pool2d(m, EQUIV_FACTOR)) for m in test_means.split(256)])
     return {
         **record_header(),
         "checkpoint": path,
@@ -70,7 +70,7 @@ def analyse(path: str, data_dir: str, noise: float = 0.1) -> dict:
         "image_high_freq_share": round(
             high_frequency_share(F.interpolate(x, size=vae.cfg.latent_size, mode="area")), 4
         ),
-        "half_scale_psnr": round(psnr(half, F.avg_pool2d(x, 2)).mean().item(), 2),
+        "half_scale_psnr": round(psnr(half, F.avg_pool2d(x, EQUIV_FACTOR)).mean().item(), 2),
     }
 
 
