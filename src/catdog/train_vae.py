@@ -184,32 +184,29 @@ def train_on(
         )
     )
     save_dir = Path(cfg.save_dir)
-    source = None  # decoder fine-tuning: the trained VAE whose decoder is trained on
     decoder_only = cfg.finetune_decoder is not None
-    if decoder_only and state is not None:
-        decoder_of = state["decoder_of"]
-    elif decoder_only:
-        source, _ = checkpoint.load_vae(cfg.finetune_decoder)
-        if not bool(source.has_latent_stats):
-            raise CatdogError(f"VAE {cfg.finetune_decoder} has no latent statistics")
-        cfg.model = source.cfg  # the architecture is the source's
-        cfg.data.image_size = source.cfg.image_size  # and the data follows it
-        decoder_of = checkpoint.vae_link(source, str(Path(cfg.finetune_decoder).resolve()))
-    elif cfg.latent_noise:
-        raise CatdogError("--latent-noise is for decoder fine-tuning (--finetune-decoder)")
     if cfg.init_from is not None and decoder_only:
         raise CatdogError("--init-from and --finetune-decoder are exclusive: fine-tune the whole "
                           "VAE or its decoder only")  # fmt: skip
-    if cfg.init_from is not None and state is None:
-        source, _ = checkpoint.load_vae(cfg.init_from)
+    if not decoder_only and cfg.latent_noise:
+        raise CatdogError("--latent-noise is for decoder fine-tuning (--finetune-decoder)")
+    for term in ("align", "equiv"):  # the terms that shape the encoder's latent
+        if decoder_only and cfg.losses.ever_on(term):
+            raise CatdogError(f"--lambda-{term} shapes the encoder's latent; decoder fine-tuning "
+                              "keeps the encoder fixed, so it cannot be used there")  # fmt: skip
+    # A fine-tune (of the decoder or of the whole VAE) starts from a trained VAE, read once: a
+    # resumed run has its own weights.
+    source, source_path = None, cfg.finetune_decoder or cfg.init_from
+    if decoder_only and state is not None:
+        decoder_of = state["decoder_of"]
+    elif source_path is not None and state is None:
+        source, _ = checkpoint.load_vae(source_path)
+        if decoder_only and not bool(source.has_latent_stats):
+            raise CatdogError(f"VAE {source_path} has no latent statistics")
         cfg.model = source.cfg  # the architecture is the source's
         cfg.data.image_size = source.cfg.image_size  # and the data follows it
-    if decoder_only and cfg.losses.ever_on("equiv"):
-        raise CatdogError("--lambda-equiv shapes the encoder's latent; decoder fine-tuning "
-                          "keeps the encoder fixed, so it cannot be used there")  # fmt: skip
-    if decoder_only and cfg.losses.ever_on("align"):
-        raise CatdogError("--lambda-align shapes the encoder's latent; decoder fine-tuning "
-                          "keeps the encoder fixed, so it cannot be used there")  # fmt: skip
+        if decoder_only:
+            decoder_of = checkpoint.vae_link(source, str(Path(source_path).resolve()))
     if cfg.model.image_size != cfg.data.image_size:
         raise CatdogError(
             f"model image_size {cfg.model.image_size} != data image_size {cfg.data.image_size}"
