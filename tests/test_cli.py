@@ -200,3 +200,15 @@ def test_diffusion_flags_reach_the_config():
     assert default.unet.self_condition is False and default.augment_prob == 0.0
     with pytest.raises(CatdogError, match="--logsnr-shift must be a finite number"):
         diffusion_config_from_args(parser.parse_args(["--logsnr-shift", "nan"]))
+
+
+def test_select_flags_reach_generate_and_evaluate():
+    from catdog.cli import build_parser, evaluate_config_from_args, generate_config_from_args
+
+    flags = ["--select", "4", "--selector-path", "sel.safetensors", "--vgg_weights", "vgg.pth"]
+    for command, to_config in (("generate", generate_config_from_args),
+                               ("evaluate", evaluate_config_from_args)):  # fmt: skip
+        cfg = to_config(build_parser().parse_args([command, *flags]))
+        assert (cfg.select, cfg.selector_path, cfg.vgg_weights) == (4, "sel.safetensors", "vgg.pth")
+        default = to_config(build_parser().parse_args([command]))
+        assert (default.select, default.selector_path, default.vgg_weights) == (1, None, None)

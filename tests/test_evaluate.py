@@ -122,6 +122,24 @@ def test_fewer_than_two_images_of_a_class_is_refused(eval_cfg, tmp_path):
         evaluate(eval_cfg(images=str(tmp_path / "few" / "x")))
 
 
+def test_evaluate_scores_the_best_of_k_samples(eval_cfg, tiny_pair, tiny_data, vgg_weights,
+                                                tmp_path):  # fmt: skip
+    from catdog import selector
+    from catdog.data import load_split
+    from catdog.losses import load_vgg16_features
+
+    train = load_split(DataConfig(data_dir=str(tiny_data), image_size=16), "train")
+    path = tmp_path / "selector.safetensors"
+    selector.save(selector.fit(load_vgg16_features(vgg_weights), train.images, train.labels), path)
+    kw = dict(model_path=str(tiny_pair), reference_points=False, vgg_weights=str(vgg_weights),
+              selector_path=str(path))  # fmt: skip
+    plain = evaluate(eval_cfg(**kw))
+    best = evaluate(eval_cfg(select=3, **kw))
+    assert plain["config"]["select"] == 1 and best["config"]["select"] == 3
+    assert best["rows"]["scored"]["n"] == plain["rows"]["scored"]["n"] == 12
+    assert best["rows"]["scored"]["fid"] != plain["rows"]["scored"]["fid"]  # other images
+
+
 def test_model_and_images_together_is_refused(eval_cfg, tiny_pair, tiny_data):
     with pytest.raises(CatdogError, match="either"):
         evaluate(eval_cfg(model_path=str(tiny_pair), images=str(tiny_data / "train")))

@@ -28,12 +28,14 @@ FORMAT_VERSION = 1
 KIND_VAE = "catdog.vae"
 KIND_VAE_TRAIN_STATE = "catdog.vae_train_state"
 KIND_DIFFUSION = "catdog.diffusion"
+KIND_SELECTOR = "catdog.selector"
 KIND_DIFFUSION_TRAIN_STATE = "catdog.diffusion_train_state"
 KIND_NAMES = {
     KIND_VAE: "a VAE checkpoint",
     KIND_VAE_TRAIN_STATE: "a VAE training state",
     KIND_DIFFUSION: "a diffusion checkpoint",
     KIND_DIFFUSION_TRAIN_STATE: "a diffusion training state",
+    KIND_SELECTOR: "a sample selector",
 }
 
 

@@ -607,11 +607,26 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "class-guidance", type=float, help=CLASS_GUIDANCE_HELP)
     _flag(parser, "eta", type=float, help=f"DDIM noise, 0 = deterministic (default: {g.eta})")
     _flag(parser, "seed", type=int, help=f"image i uses seed + i (default: {g.seed})")
+    add_select_args(parser)
     _flag(
         parser, "batch-size", type=int, help=f"images per sampling batch (default: {g.batch_size})"
     )
     _flag(parser, "output", help=f"output folder (default: {g.output})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_select_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    _flag(
+        parser, "select", type=int,
+        help="best of K: draw K candidates per image and keep the one a VGG16 cat/dog probe "
+        "ranks highest (K times the sampling time; default: 1, off)",
+    )  # fmt: skip
+    _flag(parser, "selector-path", help="selector for --select (default: the shipped one)")
+    _flag(
+        parser, "vgg-weights",
+        help="local vgg16().features state dict for --select (else $CATDOG_VGG_WEIGHTS, else "
+        "download)",
+    )  # fmt: skip
 
 
 def generate_config_from_args(args: argparse.Namespace) -> GenerateConfig:
@@ -689,6 +704,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     _flag(gen, "guide-path", help=GUIDE_HELP)
     _flag(gen, "class-guidance", type=float, help=CLASS_GUIDANCE_HELP)
     _flag(gen, "seed", type=int, help=f"first seed (default: {e.seed})")
+    add_select_args(gen)
     _flag(gen, "batch-size", type=int, help=f"sampling batch (default: {e.batch_size})")
     met = parser.add_argument_group("metrics")
     _flag(
@@ -770,6 +786,40 @@ def cmd_export(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(f"{p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in paths))
 
 
+def add_fit_selector_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", required=True, help="STL-10 root or image folder")
+    parser.add_argument("--dataset", choices=["auto", "stl10", "folder"], default="auto",
+                        help="data source (default: auto)")  # fmt: skip
+    parser.add_argument("--split", default="train", help="labelled split (default: train)")
+    parser.add_argument("--image-size", type=int, default=48, help="image side (default: 48)")
+    parser.add_argument(
+        "--vgg-weights", default=None,
+        help="local vgg16().features state dict (else $CATDOG_VGG_WEIGHTS, else download)",
+    )  # fmt: skip
+    parser.add_argument("--output", required=True, help="the selector's .safetensors file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_fit_selector(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from . import selector
+    from .config import DataConfig
+    from .data import load_split
+    from .generate import _check_writable
+    from .losses import load_vgg16_features
+
+    output = Path(args.output)
+    _check_writable(output.parent)
+    data = load_split(DataConfig(data_dir=args.data_dir, dataset=args.dataset,
+                                 image_size=args.image_size), args.split)  # fmt: skip
+    vgg = load_vgg16_features(args.vgg_weights, off_hint="a selector needs them")
+    fitted = selector.fit(vgg, data.images, data.labels, progress=not args.no_progress)
+    selector.save(fitted, output, fitted_on=f"{data.source}, split {args.split}, with flips",
+                  images=len(data.labels))  # fmt: skip
+    print(f"wrote {output}: a selector fitted on {len(data.labels)} images of {data.source}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="catdog", description="Class-conditional latent diffusion for 48x48 cats and dogs."
@@ -813,6 +863,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_export_args(p)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser(
+        "fit-selector",
+        help="fit the VGG16 cat/dog probe that --select ranks candidates with",
+        description="Fit a best-of-K sample selector on labelled real images.",
+    )
+    add_fit_selector_args(p)
+    p.set_defaults(func=cmd_fit_selector)
     return parser
 
 

@@ -280,6 +280,12 @@ class GenerateConfig:
     class_guidance: float = 1.0
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
     seed: int = 0  # image i uses seed + i, whatever the batch size
+    # Best of K: draw K candidates per image and keep the one a VGG16 class probe ranks highest
+    # (selector.py). 1 = off, the default: K = 4 raised class accuracy 0.70 -> 0.87 and cut
+    # KID x1000 42.6 -> 37.3 over 800 per class, at 4x the sampling time (docs/design.md).
+    select: int = 1
+    selector_path: str | None = None  # None: the selector shipped with the package
+    vgg_weights: str | None = None  # for the selector: else $CATDOG_VGG_WEIGHTS, else download
     batch_size: int = 64
     output: str = "./samples"
     progress: bool = True
@@ -303,6 +309,9 @@ class EvaluateConfig:
     class_guidance: float = GenerateConfig.class_guidance
     eta: float = 0.0
     seed: int = 0
+    select: int = GenerateConfig.select
+    selector_path: str | None = GenerateConfig.selector_path
+    vgg_weights: str | None = GenerateConfig.vgg_weights
     batch_size: int = 64
     features: str = "inception"  # "inception" (FID standard) | "pixels" (smoke tests only)
     inception_weights: str | None = None  # default: $CATDOG_INCEPTION_WEIGHTS, else download

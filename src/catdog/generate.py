@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import CLASS_NAMES, checkpoint, viz
+from . import CLASS_NAMES, checkpoint, selector, viz
 from .config import GenerateConfig
 from .diffusion import SAMPLERS, Callback, NoiseSchedule, per_sample_noise
 from .errors import CatdogError
 
 SHIPPED_MODEL = Path(__file__).resolve().parent / "weights" / "catdog_diffusion.safetensors"
+SHIPPED_SELECTOR = SHIPPED_MODEL.with_name("catdog_selector.safetensors")
 
 
 def resolve_model_path(model_path: str | None) -> str:
@@ -97,6 +98,7 @@ def _check(cfg: GenerateConfig, num_timesteps: int | None = None) -> None:
         raise CatdogError(f"unknown sampler {cfg.sampler!r}; choose from {', '.join(SAMPLERS)}")
     if cfg.batch_size <= 0:
         raise CatdogError(f"--batch_size must be at least 1, got {cfg.batch_size}")
+    selector.check_select(cfg.select)
     if cfg.guidance is not None and cfg.guidance < 0:
         raise CatdogError(f"--guidance must be >= 0, got {cfg.guidance}")
     if cfg.class_guidance < 0:
@@ -113,6 +115,38 @@ def check_class_guidance(class_guidance: float, guide: torch.nn.Module | None) -
             "--class-guidance adds a classifier-free term to autoguidance, and this model has "
             "no guide (or --guide-path none); use --guidance for classifier-free guidance"
         )
+
+
+def load_selector(select: int, path: str | None, vgg_weights: str | None):
+    """The best-of-K selector when ``select`` > 1 (None otherwise): ``path``, or the shipped one,
+    on torchvision's VGG16 ImageNet weights."""
+    if select == 1:
+        return None
+    from .losses import load_vgg16_features
+
+    vgg = load_vgg16_features(vgg_weights, off_hint="or sample without selection (--select 1)")
+    return selector.load(path or SHIPPED_SELECTOR, vgg)
+
+
+def sample_images(
+    unet: torch.nn.Module,
+    schedule: NoiseSchedule,
+    vae: torch.nn.Module,
+    labels: torch.Tensor,
+    seeds: Sequence[int],
+    *,
+    select: int = 1,
+    class_selector: torch.nn.Module | None = None,
+    **sampling,
+) -> torch.Tensor:
+    """Decoded images in [-1, 1], one per (label, seed): ``sample_latents`` then the VAE, and
+    with ``select`` K > 1 the best of K candidates per image (``selector.best_of``)."""
+
+    def draw(candidate_seeds: list[int]) -> torch.Tensor:
+        return decode_latents(vae, sample_latents(unet, schedule, labels, candidate_seeds,
+                                                  **sampling))  # fmt: skip
+
+    return selector.best_of(draw, class_selector, labels, list(seeds), select)
 
 
 def _check_writable(folder: Path) -> None:
@@ -139,16 +173,17 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     guide, link = checkpoint.find_guide(model_path, record, cfg.guide_path)
     guidance = checkpoint.resolve_guidance(cfg.guidance, link)
     check_class_guidance(cfg.class_guidance, guide)
+    class_selector = load_selector(cfg.select, cfg.selector_path, cfg.vgg_weights)
     output = Path(cfg.output)
     _check_writable(output)
     label = class_label(cfg.class_name)
     seeds = [cfg.seed + i for i in range(cfg.num_samples)]
     steps = schedule.num_timesteps if cfg.sampler == "ddpm" else cfg.steps
-    z = sample_latents(unet, schedule, torch.full((cfg.num_samples,), label), seeds,
-                       sampler=cfg.sampler, steps=steps, guidance=guidance, eta=cfg.eta,
-                       batch_size=cfg.batch_size, progress=cfg.progress, guide=guide,
-                       class_guidance=cfg.class_guidance)  # fmt: skip
-    images = decode_latents(vae, z)
+    images = sample_images(unet, schedule, vae, torch.full((cfg.num_samples,), label), seeds,
+                           select=cfg.select, class_selector=class_selector,
+                           sampler=cfg.sampler, steps=steps, guidance=guidance, eta=cfg.eta,
+                           batch_size=cfg.batch_size, progress=cfg.progress, guide=guide,
+                           class_guidance=cfg.class_guidance)  # fmt: skip
     paths = []
     for i, image in enumerate(images):
         path = output / f"{cfg.class_name}_{seeds[i]:04d}.png"
