@@ -43,6 +43,9 @@ def main() -> None:
         help="sampler:steps[:guidance],... (ddpm = all T steps, e.g. ddpm::2)",
     )  # fmt: skip
     parser.add_argument("--no-reference-points", action="store_true")
+    parser.add_argument("--select", type=int, default=EvaluateConfig.select,
+                        help="best of K with the shipped selector (1 = off)")  # fmt: skip
+    parser.add_argument("--vgg-weights", default=None, help="VGG16 features for --select")
     args = parser.parse_args()
     defaults = EvaluateConfig()
     guidance = defaults.guidance if args.guidance is None else args.guidance
@@ -63,23 +66,25 @@ def main() -> None:
             guidance=scale,
             guide_path=args.guide_path,
             class_guidance=args.class_guidance,
+            select=args.select,
+            vgg_weights=args.vgg_weights,
             vae_path=args.vae_path,
             inception_weights=args.inception_weights,
             cache_dir=args.cache_dir,
             reference_points=not args.no_reference_points,
             output=f"runs/bench_quality/{sampler}-{steps}-g{scale or 'default'}"
-            f"-c{args.class_guidance}.json",
+            f"-c{args.class_guidance}-s{args.select}.json",
             progress=False,
         )
         start = time.perf_counter()
         report = evaluate(cfg)
         print(f"{sampler}-{steps}, {report['guide']} guidance {cfg.guidance}, class guidance "
-              f"{cfg.class_guidance}:\n"
+              f"{cfg.class_guidance}, best of {cfg.select}:\n"
               f"{format_table(report)}\n", flush=True)  # fmt: skip
         append_record("quality.jsonl", {
             **record_header(), "label": args.label, "sampler": sampler, "steps": steps,
             "guidance": cfg.guidance, "guide": report["guide"],
-            "class_guidance": cfg.class_guidance,
+            "class_guidance": cfg.class_guidance, "select": cfg.select,
             "num_per_class": cfg.num_per_class,
             "seconds": round(time.perf_counter() - start, 1), "report": report,
         })  # fmt: skip

@@ -65,9 +65,11 @@ def class_guidance_text(r: dict) -> str:
 
 
 def guidance_text(r: dict) -> str:
-    """The guidance of a quality record: classifier-free (CFG) unless a guide model was used."""
+    """The guidance of a quality record: classifier-free (CFG) unless a guide model was used,
+    and best-of-K selection when the record used it (--select K)."""
     kind = "autoguidance" if r.get("guide") == "autoguidance" else "CFG"
-    return f"{kind} {r['guidance']}{class_guidance_text(r)}"
+    select = f", best of {r['select']}" if r.get("select", 1) != 1 else ""
+    return f"{kind} {r['guidance']}{class_guidance_text(r)}{select}"
 
 
 def scores_shipped(r: dict) -> bool:
@@ -176,6 +178,25 @@ def decoder_section(out: list[str]) -> None:
     out.append("")
 
 
+SCORE_HEAD = ["KIDx1000", "FID", "precision", "recall", "class acc.", "memorisation"]
+
+
+def score_cells(r: dict, memorisation: bool = True) -> list[str]:
+    """The scores of a sampler-side exploration record, as table cells (SCORE_HEAD)."""
+    cells = [f"{r['kid_x1000']:.1f}", f"{r['fid']:.1f}", f"{r['precision']:.3f}",
+             f"{r['recall']:.3f}", f"{r['class_accuracy']:.3f}"]  # fmt: skip
+    return [*cells, f"{r['memorisation']:.3f}"] if memorisation else cells
+
+
+def explore_table(out: list[str], rows: list[dict], head: list[str], cells, **kw) -> None:
+    """A table of exploration records (``cells(r)`` the leading cells), then their commands."""
+    table(out, [*head, *SCORE_HEAD[: None if kw.get("memorisation", True) else -1]],
+          [[*cells(r), *score_cells(r, **kw)] for r in rows])  # fmt: skip
+    out.append("")
+    provenances(out, rows, per_command=True)
+    out.append("")
+
+
 def guidance_section(out: list[str]) -> None:
     title = "Guidance variants (`bench/explore_guidance.py`)"
     rows = section(out, title, "guidance_explore.jsonl")
@@ -188,13 +209,8 @@ def guidance_section(out: list[str]) -> None:
         "given the null label; `agcfg WA WC`: both the autoguidance and the classifier-free "
         "term; `@LO-HI`: guidance only at timesteps LO..HI (Kynkäänniemi et al. 2024).\n"
     )
-    body = [[r["label"], f"`{r['variant']}`", f"{r['kid_x1000']:.1f}", f"{r['fid']:.1f}",
-             f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['class_accuracy']:.3f}"]
-            for r in rows]  # fmt: skip
-    table(out, ["model", "variant", "KIDx1000", "FID", "precision", "recall", "class acc."], body)
-    out.append("")
-    provenances(out, rows, per_command=True)
-    out.append("")
+    explore_table(out, rows, ["model", "variant"], lambda r: [r["label"], f"`{r['variant']}`"],
+                  memorisation=False)  # fmt: skip
 
 
 def discriminator_guidance_section(out: list[str]) -> None:
@@ -210,16 +226,27 @@ def discriminator_guidance_section(out: list[str]) -> None:
         "shipped sampler. Held-out accuracy of the discriminator by t: "
         f"{rows[-1]['discriminator']['held_out_accuracy']}.\n"
     )
-    body = [[r["label"], f"{r['weight']:g}", str(r["t_max"]), f"{r['kid_x1000']:.1f}",
-             f"{r['fid']:.1f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
-             f"{r['class_accuracy']:.3f}", f"{r['memorisation']:.3f}"]
-            for r in rows]  # fmt: skip
-    head = ["model", "w", "t_max", "KIDx1000", "FID", "precision", "recall", "class acc.",
-            "memorisation"]  # fmt: skip
-    table(out, head, body)
-    out.append("")
-    provenances(out, rows, per_command=True)
-    out.append("")
+    explore_table(out, rows, ["model", "w", "t_max"],
+                  lambda r: [r["label"], f"{r['weight']:g}", str(r["t_max"])])  # fmt: skip
+
+
+def rerank_section(out: list[str]) -> None:
+    title = "Best-of-K selection (`bench/explore_rerank.py`)"
+    rows = section(out, title, "rerank_explore.jsonl")
+    if not rows:
+        return
+    out.append(
+        "Sampler-side, on top of the shipped sampler: K candidates per kept image, n = 800 kept "
+        "per class, scored against the whole test split. `none`: the plain sampler (the first "
+        "n candidates); `vgg`: the top n of the class's K n candidates by p(asked class) of a "
+        "logistic probe on VGG16 features fitted on the training split (held-out accuracy "
+        f"{rows[-1]['vgg_probe_test_accuracy']:.3f}); `vgg/each`: the best of each image's "
+        "own K candidates (what `--select K` does); `latent`: ranked by the VAE's latent "
+        "classifier; `knn`: ranked by closeness to the training images in the VGG16 feature "
+        "space. No network of the evaluation selects.\n"
+    )
+    explore_table(out, rows, ["model", "selector", "K"],
+                  lambda r: [r["label"], f"`{r['selector']}`", str(r["pool"])])  # fmt: skip
 
 
 def gpu_section(out: list[str]) -> None:
@@ -368,6 +395,7 @@ def main() -> None:
     decoder_section(out)
     guidance_section(out)
     discriminator_guidance_section(out)
+    rerank_section(out)
     gpu_section(out)
     demo_section(out)
     speed_section(out)
