@@ -136,6 +136,7 @@ def test_evaluate_scores_the_best_of_k_samples(eval_cfg, tiny_pair, tiny_data, v
     plain = evaluate(eval_cfg(**kw))
     best = evaluate(eval_cfg(select=3, **kw))
     assert plain["config"]["select"] == 1 and best["config"]["select"] == 3
+    assert best["scored"].endswith(", best of 3") and "best of" not in plain["scored"]
     assert best["rows"]["scored"]["n"] == plain["rows"]["scored"]["n"] == 12
     assert best["rows"]["scored"]["fid"] != plain["rows"]["scored"]["fid"]  # other images
 
