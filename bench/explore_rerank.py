@@ -8,6 +8,9 @@ Selectors (each ranks the K*n candidates of a class and keeps the top n):
 - ``vgg``: p(asked class) of a logistic probe on VGG16 features (relu4_3 and relu5_3, globally
   average-pooled, images upsampled 2x), fitted on the training split and its flips;
 - ``latent``: p(asked class) of the VAE's own latent classifier (trained with the VAE);
+- ``real`` and ``vgg*real`` (with ``--realism N``): p(real) of a linear probe that tells the
+  training photos from N fresh samples per class in the same VGG16 features, alone and times
+  ``vgg``'s p(asked class);
 - ``knn``: realism, the mean distance to the 3 nearest training images in the same VGG16
   feature space (smallest kept); a copy detector would rank copies first, so the memorisation
   rate is the check on it.
@@ -57,6 +60,18 @@ p.add_argument("--num-per-class", type=int, default=800)
 p.add_argument("--pool", type=int, default=4, help="K_max: candidates per kept image")
 p.add_argument("--selectors", default="none,vgg,vgg/each,latent,knn")
 p.add_argument("--label", default="shipped weights")
+p.add_argument(
+    "--realism",
+    type=int,
+    default=0,
+    help="N > 0: fit a real-vs-generated probe on N fresh samples per class (seeds "
+    "from 10^7) against the training photos, for the real and vgg*real selectors",
+)
+p.add_argument(
+    "--reuse",
+    default=None,
+    help="pool.pt of an earlier run on the same pool: reuse its Inception features",
+)
 a = p.parse_args()
 n, k_max = a.num_per_class, a.pool
 
@@ -111,6 +126,18 @@ def latent_probability() -> torch.Tensor:
 p_latent = latent_probability()
 knn = torch.cdist(v_pool, v_train).topk(3, largest=False).values.mean(1)
 ranks = {"vgg": p_vgg, "latent": p_latent, "knn": -knn}
+if a.realism:
+    # Discriminator rejection sampling in spirit (Azadi et al. 2019): a linear probe tells the
+    # training photos (and flips) from fresh samples; candidates are ranked by p(real).
+    fake_cfg = EvaluateConfig(model_path=a.model_path, num_per_class=a.realism, seed=10**7,
+                              guidance=cfg.guidance, progress=True)  # fmt: skip
+    fake = generate_images(unet, schedule, vae, fake_cfg, guide)
+    v_fake = vgg_features(vgg, fake.images)
+    real_probe = fit_probe(torch.cat([v_train, v_fake]),
+                           torch.cat([torch.ones(len(v_train)), torch.zeros(len(v_fake))]).long(),
+                           0)  # fmt: skip
+    p_real = torch.from_numpy(real_probe.predict_proba(v_pool.double().numpy())[:, 1]).float()
+    ranks["real"], ranks["vgg*real"] = p_real, p_vgg * p_real
 
 # ---------------------------------------------------------------- scoring
 extractor = load_inception(INCEPTION)
@@ -119,8 +146,15 @@ f_ref = cached_extract(extractor, test.images, cache, progress=False)
 f_train = cached_extract(extractor, train.images, cache, progress=False)
 i_probe = fit_probe(f_train, train.labels, 0)
 threshold = memorisation_threshold(f_ref[0::2], f_train, 0.05)
-f_pool = extract(extractor, pool.images, progress=True)
-torch.save({"labels": pool.labels, "f_pool": f_pool, "ranks": ranks}, "runs/rerank/pool.pt")
+if a.reuse:
+    earlier = torch.load(a.reuse)
+    assert torch.equal(earlier["labels"], pool.labels)
+    torch.testing.assert_close(earlier["ranks"]["vgg"], ranks["vgg"])  # the same images
+    f_pool = earlier["f_pool"]
+else:
+    f_pool = extract(extractor, pool.images, progress=True)
+torch.save({"labels": pool.labels, "f_pool": f_pool, "ranks": ranks, "images": pool.images,
+            "v_pool": v_pool}, "runs/rerank/pool.pt")  # fmt: skip
 
 
 def select(name: str, k: int) -> torch.Tensor:
