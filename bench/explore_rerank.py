@@ -6,7 +6,8 @@ Selectors (each ranks the K*n candidates of a class and keeps the top n):
 
 - ``none``: the first n candidates of each class (the plain sampler, the control);
 - ``vgg``: p(asked class) of a logistic probe on VGG16 features (relu4_3 and relu5_3, globally
-  average-pooled, images upsampled 2x), fitted on the training split and its flips;
+  average-pooled, images upsampled 2x: ``selector.ClassSelector.features``), fitted on the
+  training split and its flips;
 - ``latent``: p(asked class) of the VAE's own latent classifier (trained with the VAE);
 - ``real`` and ``vgg*real`` (with ``--realism N``): p(real) of a linear probe that tells the
   training photos from N fresh samples per class in the same VGG16 features, alone and times
@@ -32,7 +33,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, "src")
 sys.path.insert(0, "bench")
@@ -48,8 +48,9 @@ from catdog.evaluate import (  # noqa: E402
     score,
 )
 from catdog.features import cached_extract, extract, load_inception  # noqa: E402
-from catdog.losses import load_vgg16_features, vgg_input  # noqa: E402
+from catdog.losses import load_vgg16_features  # noqa: E402
 from catdog.metrics import fit_probe  # noqa: E402
+from catdog.selector import ClassSelector  # noqa: E402
 
 INCEPTION = "../shared/weights/weights-inception-2015-12-05-6726825d.pth"
 VGG = "../shared/weights/vgg16_features_imagenet1k_v1.pth"
@@ -88,21 +89,12 @@ train, test = load_split(data, "train"), load_split(data, "test")
 
 
 # ---------------------------------------------------------------- selector features
-@torch.no_grad()
-def vgg_features(vgg: torch.nn.Sequential, images: torch.Tensor) -> torch.Tensor:
-    out = []
-    for chunk in images.split(128):
-        h = vgg_input(F.interpolate(to_float(chunk), scale_factor=2, mode="bilinear"))
-        pooled = []
-        for i, layer in enumerate(vgg[:30]):
-            h = layer(h)
-            if i in (22, 29):  # relu4_3, relu5_3
-                pooled.append(h.mean(dim=(2, 3)))
-        out.append(torch.cat(pooled, dim=1))
-    return torch.cat(out)
+def vgg_features(features: ClassSelector, images: torch.Tensor) -> torch.Tensor:
+    """The selector's pooled VGG16 features (catdog.selector) of uint8 images."""
+    return features.features(to_float(images))
 
 
-vgg = load_vgg16_features(VGG)
+vgg = ClassSelector(load_vgg16_features(VGG))  # its features only; the head is unused here
 v_train = vgg_features(vgg, torch.cat([train.images, train.images.flip(-1)]))
 v_labels = torch.cat([train.labels, train.labels])
 v_probe = fit_probe(v_train, v_labels, 0)

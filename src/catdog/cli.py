@@ -820,56 +820,63 @@ def cmd_fit_selector(args: argparse.Namespace) -> None:
     print(f"wrote {output}: a selector fitted on {len(data.labels)} images of {data.source}")
 
 
+# The `catdog` sub-commands: name, one-line help, description, argument adder, command.
+COMMANDS: list[tuple[str, str, str, Callable, Callable]] = [
+    ("train-vae", "train the VAE stage", "Train the VAE stage.", add_vae_train_args, cmd_train_vae),
+    (
+        "train-diffusion",
+        "train the diffusion stage on a trained VAE",
+        "Train the class-conditional latent diffusion UNet.",
+        add_diffusion_train_args,
+        cmd_train_diffusion,
+    ),
+    (
+        "generate",
+        "generate cats or dogs",
+        "Generate images of one class from a trained model pair.",
+        add_generate_args,
+        cmd_generate,
+    ),
+    (
+        "visualize",
+        "denoising path, GIFs, comparisons and sample grids of a model pair",
+        "Draw the pictures that explain a trained model pair.",
+        add_visualize_args,
+        cmd_visualize,
+    ),
+    (
+        "evaluate",
+        "FID, KID, class accuracy, precision/recall and memorisation",
+        "Score a model pair (or a folder of images) against real images.",
+        add_evaluate_args,
+        cmd_evaluate,
+    ),
+    (
+        "export",
+        "write a model pair as fp16 safetensors (the shipped-weights format)",
+        "Export a diffusion checkpoint and its VAE as fp16 safetensors.",
+        add_export_args,
+        cmd_export,
+    ),
+    (
+        "fit-selector",
+        "fit the VGG16 cat/dog probe that --select ranks candidates with",
+        "Fit a best-of-K sample selector on labelled real images.",
+        add_fit_selector_args,
+        cmd_fit_selector,
+    ),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="catdog", description="Class-conditional latent diffusion for 48x48 cats and dogs."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("train-vae", help="train the VAE stage", description="Train the VAE stage.")
-    add_vae_train_args(p)
-    p.set_defaults(func=cmd_train_vae)
-    p = sub.add_parser(
-        "train-diffusion",
-        help="train the diffusion stage on a trained VAE",
-        description="Train the class-conditional latent diffusion UNet.",
-    )
-    add_diffusion_train_args(p)
-    p.set_defaults(func=cmd_train_diffusion)
-    p = sub.add_parser(
-        "generate",
-        help="generate cats or dogs",
-        description="Generate images of one class from a trained model pair.",
-    )
-    add_generate_args(p)
-    p.set_defaults(func=cmd_generate)
-    p = sub.add_parser(
-        "visualize",
-        help="denoising path, GIFs, comparisons and sample grids of a model pair",
-        description="Draw the pictures that explain a trained model pair.",
-    )
-    add_visualize_args(p)
-    p.set_defaults(func=cmd_visualize)
-    p = sub.add_parser(
-        "evaluate",
-        help="FID, KID, class accuracy, precision/recall and memorisation",
-        description="Score a model pair (or a folder of images) against real images.",
-    )
-    add_evaluate_args(p)
-    p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser(
-        "export",
-        help="write a model pair as fp16 safetensors (the shipped-weights format)",
-        description="Export a diffusion checkpoint and its VAE as fp16 safetensors.",
-    )
-    add_export_args(p)
-    p.set_defaults(func=cmd_export)
-    p = sub.add_parser(
-        "fit-selector",
-        help="fit the VGG16 cat/dog probe that --select ranks candidates with",
-        description="Fit a best-of-K sample selector on labelled real images.",
-    )
-    add_fit_selector_args(p)
-    p.set_defaults(func=cmd_fit_selector)
+    for name, help_text, description, add_args, func in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=description)
+        add_args(p)
+        p.set_defaults(func=func)
     return parser
 
 
