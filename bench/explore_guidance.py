@@ -11,7 +11,9 @@ Variants (m = the model, g = the guide, c = the class, 0 = the null label):
 - ``agcfg WA WC``: both terms, ``m(c) + (WA-1) (m(c) - g(c)) + (WC-1) (m(c) - m(0))``;
 - ``... @LO-HI``: guidance only at timesteps LO..HI, the plain conditional model elsewhere
   (the guidance interval of Kynkaanniemi et al. 2024);
-- ``... sN``: N sampler steps instead of 20.
+- ``... sN``: N sampler steps instead of 20;
+- ``... tT``: the starting noise scaled by T (a temperature below 1 draws nearer the modes of
+  the probability-flow ODE's map, trading recall for precision).
 
 A one-off script (run from the repository root); results in bench/results/guidance_explore.jsonl.
 
@@ -31,6 +33,7 @@ from common import append_record, record_header  # noqa: E402
 from scoring import Guided, SeedScorer  # noqa: E402
 
 from catdog import checkpoint  # noqa: E402
+from catdog import generate as generate_module  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("variants", nargs="+")
@@ -70,16 +73,21 @@ def denoiser(kind: str, w: list[float], lo: int, hi: int):
     return fn
 
 
+noise = generate_module.per_sample_noise
 for variant in a.variants:
     parts = variant.split()
-    kind, w, lo, hi, steps = parts[0], [], 0, 10**9, 20
+    kind, w, lo, hi, steps, temperature = parts[0], [], 0, 10**9, 20, 1.0
     for part in parts[1:]:
         if part.startswith("@"):
             lo, hi = (int(v) for v in part[1:].split("-"))
         elif part.startswith("s"):
             steps = int(part[1:])
+        elif part.startswith("t"):
+            temperature = float(part[1:])
         else:
             w.append(float(part))
+    # the starting noise comes from generate.per_sample_noise; scale it for this variant
+    generate_module.per_sample_noise = lambda *args, t=temperature, **kw: t * noise(*args, **kw)
     start = time.monotonic()
     scores = scorer(Guided(denoiser(kind, w, lo, hi), unet), schedule, steps)
     rec = {

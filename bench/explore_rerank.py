@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -71,7 +72,7 @@ p.add_argument(
 p.add_argument(
     "--reuse",
     default=None,
-    help="pool.pt of an earlier run on the same pool: reuse its Inception features",
+    help="pool.pt of an earlier run on the same pool: reuse its images and Inception features",
 )
 a = p.parse_args()
 n, k_max = a.num_per_class, a.pool
@@ -79,10 +80,15 @@ n, k_max = a.num_per_class, a.pool
 # ---------------------------------------------------------------- the candidate pool
 cfg = EvaluateConfig(model_path=a.model_path, num_per_class=k_max * n, progress=True)
 unet, schedule, vae, _, guide, _ = _load_model(cfg)
+earlier = torch.load(a.reuse) if a.reuse else None
 start = time.monotonic()
-pool = generate_images(unet, schedule, vae, cfg, guide)  # cats first, then dogs
-sampling_s = time.monotonic() - start
-print(f"pool of {len(pool.labels)} in {sampling_s:.0f} s", flush=True)
+if earlier is None or "images" not in earlier:
+    pool = generate_images(unet, schedule, vae, cfg, guide)  # cats first, then dogs
+    sampling_s = round(time.monotonic() - start, 1)
+else:  # the same seeds and sampler drew these; the VGG ranks below check it
+    pool = SimpleNamespace(images=earlier["images"], labels=earlier["labels"])
+    sampling_s = None  # recorded with the earlier run
+print(f"pool of {len(pool.labels)}, sampled in {sampling_s} s", flush=True)
 
 data = DataConfig(data_dir="../shared/data/catdog96", image_size=48)
 train, test = load_split(data, "train"), load_split(data, "test")
@@ -138,8 +144,7 @@ f_ref = cached_extract(extractor, test.images, cache, progress=False)
 f_train = cached_extract(extractor, train.images, cache, progress=False)
 i_probe = fit_probe(f_train, train.labels, 0)
 threshold = memorisation_threshold(f_ref[0::2], f_train, 0.05)
-if a.reuse:
-    earlier = torch.load(a.reuse)
+if earlier is not None:
     assert torch.equal(earlier["labels"], pool.labels)
     torch.testing.assert_close(earlier["ranks"]["vgg"], ranks["vgg"])  # the same images
     f_pool = earlier["f_pool"]
@@ -184,4 +189,4 @@ for name in a.selectors.split(","):
         print(json.dumps(row), flush=True)
         append_record("rerank_explore.jsonl", {**record_header(), "label": a.label,
                       "vgg_probe_test_accuracy": round(v_test_acc, 3),
-                      "pool_sampling_seconds": round(sampling_s, 1), **row})  # fmt: skip
+                      "pool_sampling_seconds": sampling_s, **row})  # fmt: skip
