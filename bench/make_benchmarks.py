@@ -203,13 +203,15 @@ def guidance_section(out: list[str]) -> None:
     if not rows:
         return
     out.append(
-        "Sampler-side only: the same 100 seeds per class (DPM-Solver++ 20 unless `sN`), scored "
-        "against the whole test split. m = model, g = guide, c = class, 0 = null label. "
-        "`ag W`: m(c) + (W-1)(m(c) - g(c)), the shipped default at W = 3; `agnull W`: the guide "
-        "given the null label; `agcfg WA WC`: both the autoguidance and the classifier-free "
-        "term; `@LO-HI`: guidance only at timesteps LO..HI (Kynkäänniemi et al. 2024).\n"
+        "Sampler-side only: the same n seeds per class (those of `evaluate`; DPM-Solver++ 20 "
+        "unless `sN`), scored against the whole test split. m = model, g = guide, c = class, "
+        "0 = null label. `ag W`: m(c) + (W-1)(m(c) - g(c)), the shipped default at W = 3; "
+        "`agnull W`: the guide given the null label; `agcfg WA WC`: both the autoguidance and "
+        "the classifier-free term; `@LO-HI`: guidance only at timesteps LO..HI (Kynkäänniemi "
+        "et al. 2024); `tT`: the starting noise scaled by T.\n"
     )
-    explore_table(out, rows, ["model", "variant"], lambda r: [r["label"], f"`{r['variant']}`"],
+    explore_table(out, rows, ["model", "variant", "n/class"],
+                  lambda r: [r["label"], f"`{r['variant']}`", str(r["num_per_class"])],
                   memorisation=False)  # fmt: skip
 
 
@@ -243,7 +245,9 @@ def rerank_section(out: list[str]) -> None:
         f"{rows[-1]['vgg_probe_test_accuracy']:.3f}); `vgg/each`: the best of each image's "
         "own K candidates (what `--select K` does); `latent`: ranked by the VAE's latent "
         "classifier; `knn`: ranked by closeness to the training images in the VGG16 feature "
-        "space. No network of the evaluation selects.\n"
+        "space; `real`: p(real) of a logistic probe telling the training photos from 1,000 "
+        "fresh samples per class (other seeds) in the same VGG16 features; `vgg*real`: the "
+        "product of the two probabilities. No network of the evaluation selects.\n"
     )
     explore_table(out, rows, ["model", "selector", "K"],
                   lambda r: [r["label"], f"`{r['selector']}`", str(r["pool"])])  # fmt: skip
