@@ -12,8 +12,9 @@ Variants (m = the model, g = the guide, c = the class, 0 = the null label):
 - ``... @LO-HI``: guidance only at timesteps LO..HI, the plain conditional model elsewhere
   (the guidance interval of Kynkaanniemi et al. 2024);
 - ``... sN``: N sampler steps instead of 20;
-- ``... tT``: the starting noise scaled by T (a temperature below 1 draws nearer the modes of
-  the probability-flow ODE's map, trading recall for precision).
+- ``... tT``: the starting noise scaled by T (for Gaussian data a temperature below 1 would
+  draw nearer the mode; measured in docs/design.md, "Ranking by realism, and a lower
+  temperature").
 
 A one-off script (run from the repository root); results in bench/results/guidance_explore.jsonl.
 

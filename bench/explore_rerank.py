@@ -85,7 +85,7 @@ start = time.monotonic()
 if earlier is None or "images" not in earlier:
     pool = generate_images(unet, schedule, vae, cfg, guide)  # cats first, then dogs
     sampling_s = round(time.monotonic() - start, 1)
-else:  # the same seeds and sampler drew these; the VGG ranks below check it
+else:  # as drawn then (same seeds and sampler); only the VGG ranks are recomputed and checked
     pool = SimpleNamespace(images=earlier["images"], labels=earlier["labels"])
     sampling_s = None  # recorded with the earlier run
 print(f"pool of {len(pool.labels)}, sampled in {sampling_s} s", flush=True)
