@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from common import append_record, interleaved_median_ms, record_header  # noqa: E402
 
-from catdog.config import diffusion_preset, to_dict  # noqa: E402
+from catdog.config import UNetConfig, diffusion_preset, to_dict  # noqa: E402
 from catdog.diffusion import NoiseSchedule  # noqa: E402
 from catdog.losses import alignment_loss  # noqa: E402
 from catdog.models.unet import FeatureProjector, UNet  # noqa: E402
@@ -38,10 +38,14 @@ def make_step(
     feature_channels: int,
     memory_format: torch.memory_format = torch.contiguous_format,
     compiled: bool = False,
+    unet_config: UNetConfig | None = None,
 ):
     """One training step's closure for a projector of width ``hidden`` (0 = no REPA); the UNet
-    in ``memory_format``, its forward pass ``torch.compile``d if ``compiled``."""
+    (the ``cpu`` preset's unless ``unet_config`` is given) in ``memory_format``, its forward
+    pass ``torch.compile``d if ``compiled``."""
     cfg = diffusion_preset("cpu")
+    if unet_config is not None:
+        cfg.unet = unet_config
     unet = UNet(cfg.unet).train().to(memory_format=memory_format)
     forward = torch.compile(unet) if compiled else unet
     schedule = NoiseSchedule(cfg.schedule)

@@ -324,6 +324,25 @@ def diffusion_step_section(out: list[str]) -> None:
     out.append("")
 
 
+def unet_cost_section(out: list[str]) -> None:
+    title = "What a UNet change costs: training step and sampling pass (interleaved)"
+    rows = section(out, title, "unet_cost.jsonl")
+    if not rows:
+        return
+    table(out, ["date", "variant", "params", "train ms/step", "against the first",
+                "forward ms", "against the first"], [
+        [r["date"], name, f"{v['params'] / 1e6:.2f} M", str(v["train_ms_per_step"]),
+         f"{v['train_vs_first_pct']:+.1f} %", str(v["forward_ms"]),
+         f"{v['forward_vs_first_pct']:+.1f} %"]
+        for r in rows for name, v in r["unet_variants"].items()
+    ])  # fmt: skip
+    out.append("\nVariants of the default UNet: the training step at batch 128 with REPA, eager, "
+               "as trained; the forward pass without gradients on the sampling batch (a guided "
+               "step of 64 images is one such pass). Records:\n")  # fmt: skip
+    provenances(out, rows)
+    out.append("")
+
+
 def training_section(out: list[str]) -> None:
     out.append("## Training throughput\n")
     out.append("### VAE stage\n")
@@ -405,6 +424,7 @@ def main() -> None:
     speed_section(out)
     repa_step_section(out)
     diffusion_step_section(out)
+    unet_cost_section(out)
     training_section(out)
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out).rstrip() + "\n")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")
