@@ -35,3 +35,20 @@ def test_loss_term_ramp():
     assert term.weight_at(100) == 2.0
     assert LossTerm(weight=1.0, start=3, ramp=0).weight_at(3) == 1.0
     assert LossTerm(weight=0.0).weight_at(5) == 0.0
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_preset_weights_ship_within_50_mb(preset):
+    """What `catdog export` ships for a preset, the VAE and the diffusion model with its guide
+    (same architecture) in fp16, stays inside the 50 MB the repository allows."""
+    from catdog.config import diffusion_preset
+    from catdog.models.unet import UNet
+    from catdog.models.vae import VAE
+
+    def fp16_bytes(model):
+        return 2 * sum(t.numel() for t in model.state_dict().values())
+
+    vae = VAE(vae_preset(preset).model)
+    unet = UNet(diffusion_preset(preset).unet)
+    assert unet.cfg.latent_channels == vae.cfg.latent_channels
+    assert fp16_bytes(vae) + 2 * fp16_bytes(unet) <= 50e6

@@ -403,12 +403,15 @@ DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
     # 8x12x12 latent, the widest that trains inside the hour on 2 CPU cores (docs/design.md,
     # "A wider UNet for the 8-channel latent" and "80/160: wider still").
     "cpu": merge(DIFFUSION_RECIPE, {"unet": {"channels": (80, 160)}}),
-    # Wider, for a GPU: 6.9 M parameters, so the model and its guide (13.9 MB each in fp16)
-    # ship beside the gpu VAE (15.3 MB) within 50 MB.
+    # Wider, for a GPU: 7.1 M parameters, so the model and its guide (14.2 MB each in fp16)
+    # ship beside the gpu VAE (15.3 MB) within 50 MB. Self-attention at 12x12 as well: it beat
+    # its control in a CPU proxy run; it stays out of the cpu preset for its cost there (27 %
+    # more time a step, docs/design.md "Self-attention at 12x12 as well"), which on a GPU, where
+    # a UNet this small does not fill the device, should be far less (not measured yet).
     "gpu": merge(
         DIFFUSION_RECIPE,
         {
-            "unet": {"channels": (96, 192), "blocks_per_level": 2},
+            "unet": {"channels": (96, 192), "blocks_per_level": 2, "attention_levels": (0, 1)},
             "batch_size": 256,
         },
     ),
