@@ -111,8 +111,9 @@ def compare_unets(args: argparse.Namespace) -> None:
         params[name] = sum(p.numel() for p in unet.parameters())
         c, s = unet_cfg.latent_channels, unet_cfg.latent_size
         x = torch.randn(args.sample_batch, c, s, s)
-        t = torch.randint(1, 1001, (args.sample_batch,))
-        y = torch.randint(0, 3, (args.sample_batch,))
+        t = torch.randint(1, diffusion_preset("cpu").schedule.num_timesteps + 1,
+                          (args.sample_batch,))  # fmt: skip
+        y = torch.randint(0, unet_cfg.num_classes + 1, (args.sample_batch,))  # with the null class
 
         def forward(unet: UNet = unet, x: torch.Tensor = x, t: torch.Tensor = t,
                     y: torch.Tensor = y) -> None:  # fmt: skip
