@@ -98,21 +98,21 @@ def main() -> None:
 
 def compare_unets(args: argparse.Namespace) -> None:
     """Times the training step and the sampling forward pass of each named UNet variant."""
-    base = to_dict(diffusion_preset("cpu").unet)
+    preset = diffusion_preset("cpu")
+    base = to_dict(preset.unet)
     configs = {name: from_dict(UNetConfig, {**base, **overrides})
                for name, overrides in json.loads(args.unet_variants).items()}  # fmt: skip
     torch.manual_seed(0)
     steps, forwards, params = {}, {}, {}
     for name, unet_cfg in configs.items():
-        steps[name], _ = make_step(diffusion_preset("cpu").repa_hidden, args.batch, 2000, 512,
+        steps[name], _ = make_step(preset.repa_hidden, args.batch, 2000, 512,
                                    unet_config=unet_cfg)  # fmt: skip
         steps[name]()  # warm-up
         unet = UNet(unet_cfg).eval()
         params[name] = sum(p.numel() for p in unet.parameters())
         c, s = unet_cfg.latent_channels, unet_cfg.latent_size
         x = torch.randn(args.sample_batch, c, s, s)
-        t = torch.randint(1, diffusion_preset("cpu").schedule.num_timesteps + 1,
-                          (args.sample_batch,))  # fmt: skip
+        t = torch.randint(1, preset.schedule.num_timesteps + 1, (args.sample_batch,))
         y = torch.randint(0, unet_cfg.num_classes + 1, (args.sample_batch,))  # with the null class
 
         def forward(unet: UNet = unet, x: torch.Tensor = x, t: torch.Tensor = t,
@@ -140,7 +140,7 @@ def compare_unets(args: argparse.Namespace) -> None:
               flush=True)  # fmt: skip
     append_record("unet_cost.jsonl", {
         **record_header(), "unet_variants": results, "batch": args.batch,
-        "sample_batch": args.sample_batch, "repa_hidden": diffusion_preset("cpu").repa_hidden,
+        "sample_batch": args.sample_batch, "repa_hidden": preset.repa_hidden,
         "rounds": args.rounds, "steps_per_round": args.steps,
     })  # fmt: skip
 

@@ -1,6 +1,15 @@
 import pytest
 
-from catdog.config import LossTerm, VAETrainConfig, from_dict, to_dict, vae_preset
+from catdog.config import (
+    LossTerm,
+    VAETrainConfig,
+    diffusion_preset,
+    from_dict,
+    to_dict,
+    vae_preset,
+)
+from catdog.models.unet import UNet
+from catdog.models.vae import VAE
 
 
 def test_round_trip_through_dict():
@@ -41,9 +50,6 @@ def test_loss_term_ramp():
 def test_preset_weights_ship_within_50_mb(preset):
     """What `catdog export` ships for a preset, the VAE and the diffusion model with its guide
     (same architecture) in fp16, stays inside the 50 MB the repository allows."""
-    from catdog.config import diffusion_preset
-    from catdog.models.unet import UNet
-    from catdog.models.vae import VAE
 
     def fp16_bytes(model):
         return 2 * sum(t.numel() for t in model.state_dict().values())
