@@ -21,11 +21,12 @@ INCEPTION = "../shared/weights/weights-inception-2015-12-05-6726825d.pth"
 
 class Guided(torch.nn.Module):
     """A denoiser function ``fn(x, t, labels)`` as a model: ``sample_latents`` reads ``cfg`` and
-    ``null_label`` off it (those of ``unet``)."""
+    ``null_label`` off it, and draws sub-classes with it (those of ``unet``)."""
 
     def __init__(self, fn: Callable, unet: torch.nn.Module) -> None:
         super().__init__()
         self.fn, self.cfg, self.null_label = fn, unet.cfg, unet.null_label
+        self.draw_subclasses = unet.draw_subclasses
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self.fn(x, t, c)

@@ -187,17 +187,19 @@ def test_diffusion_flags_reach_the_config():
     flags = ["--crop-copies", "3", "--crop-min-scale", "0.9", "--dropout", "0.2",
              "--schedule", "linear", "--objective", "eps", "--repa_weight", "0.5",
              "--repa-layer", "15", "--repa_hidden", "128", "--vgg-weights", "vgg.pth",
-             "--logsnr-shift", "-0.7", "--self-condition", "--augment-prob", "0.3"]  # fmt: skip
+             "--logsnr-shift", "-0.7", "--self-condition", "--augment-prob", "0.3",
+             "--subclasses", "4"]  # fmt: skip
     cfg = diffusion_config_from_args(parser.parse_args(flags))
     assert (cfg.repa_weight, cfg.repa_layer, cfg.vgg_weights) == (0.5, 15, "vgg.pth")
     assert cfg.repa_hidden == 128
     assert (cfg.crop_copies, cfg.crop_min_scale, cfg.unet.dropout) == (3, 0.9, 0.2)
     assert (cfg.schedule.kind, cfg.schedule.objective) == ("linear", "eps")
     assert cfg.schedule.logsnr_shift == -0.7 and cfg.unet.self_condition is True
-    assert cfg.augment_prob == 0.3
+    assert cfg.augment_prob == 0.3 and cfg.unet.subclasses == 4
     default = diffusion_config_from_args(parser.parse_args([]))
     assert (default.crop_copies, default.unet.dropout, default.repa_weight) == (0, 0.0, 0.5)
     assert default.unet.self_condition is False and default.augment_prob == 0.0
+    assert default.unet.subclasses == 1
     with pytest.raises(CatdogError, match="--logsnr-shift must be a finite number"):
         diffusion_config_from_args(parser.parse_args(["--logsnr-shift", "nan"]))
 

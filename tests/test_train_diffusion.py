@@ -8,9 +8,10 @@ from PIL import Image
 from catdog import augment, checkpoint
 from catdog.config import DiffusionTrainConfig, ScheduleConfig
 from catdog.data import load_folder, to_float
-from catdog.diffusion import NoiseSchedule
+from catdog.diffusion import SAMPLERS, NoiseSchedule, per_sample_noise
 from catdog.errors import CatdogError
 from catdog.export import export_pair
+from catdog.generate import sample_latents
 from catdog.losses import load_vgg16_features, vgg_feature_map
 from catdog.models.unet import UNet
 from catdog.models.vae import VAE
@@ -355,3 +356,62 @@ def test_augmented_training_learns_its_labels_samples_and_resumes(
     assert history[-1]["loss_repa"] > 0
     with pytest.raises(CatdogError, match=r"augment probability must be in \[0, 1\]"):
         train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "d", epochs=1, augment_prob=1.5))
+
+
+def test_subclasses_cluster_the_training_images_and_sampling_draws_them(
+    tiny_data, tiny_vae, vgg_weights, tmp_path
+):
+    def cfg(name: str, k: int = 2, **kw):
+        c = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / name, repa_layer=15,
+                               vgg_weights=str(vgg_weights), guide_step=2, **kw)  # fmt: skip
+        c.unet.subclasses = k
+        return c
+
+    record = train(cfg("a", epochs=2))
+    assert record["val_x0_mse"] > 0  # held-out images get their nearest cluster's label
+    cached = torch.load(tmp_path / "a" / LATENTS, weights_only=True)
+    fine, labels = cached["subclass_labels"], cached["labels"]
+    assert (fine // 2 == labels).all() and torch.equal(fine[:24], fine[24:])  # mirrors share
+    assert "features" not in cached  # REPA is off: the features only made the clusters
+    for c in (0, 1):
+        counts = torch.bincount(fine[:24][labels[:24] == c] - 2 * c, minlength=2)
+        torch.testing.assert_close(cached["subclass_prior"][c], counts / counts.sum())
+    # The model and its guide carry the frequencies, and sampling draws sub-classes from them.
+    final = tmp_path / "a" / FINAL
+    unet, schedule, saved = checkpoint.load_diffusion(final)
+    assert unet.null_label == 4
+    assert torch.equal(unet.class_embedder.subclass_prior, cached["subclass_prior"])
+    guide, _ = checkpoint.find_guide(final, saved)
+    one_by_one = sample_latents(unet, schedule, torch.tensor([0, 1, 1]), [5, 6, 7], steps=3,
+                                batch_size=1, guide=guide, guidance=2.0)  # fmt: skip
+    batched = sample_latents(unet, schedule, torch.tensor([0, 1, 1]), [5, 6, 7], steps=3,
+                             batch_size=3, guide=guide, guidance=2.0)  # fmt: skip
+    torch.testing.assert_close(one_by_one, batched)
+    # With all of the cat prior on sub-class 1 (then 0), a cat is sampled as that sub-class:
+    # the UNet sees the sub-class label, and the noise is the seed's, as without sub-classes.
+    noise = per_sample_noise((2, 8, 8), [torch.Generator().manual_seed(5)])
+    per_subclass = []
+    for k in (1, 0):
+        unet.class_embedder.subclass_prior[0] = torch.eye(2)[k]
+        direct = SAMPLERS["ddim"](unet, noise, schedule.spaced_timesteps(3),
+                                  labels=torch.tensor([k]), schedule=schedule,
+                                  null_label=unet.null_label, guidance=1.0)  # fmt: skip
+        per_subclass.append(sample_latents(unet, schedule, torch.tensor([0]), [5], steps=3))
+        torch.testing.assert_close(per_subclass[-1], direct)
+    assert not torch.allclose(*per_subclass)
+    # The shipped format keeps the frequencies (in fp16), for the model and its guide alike.
+    shipped = export_pair(final, tmp_path / "shipped", data_dir=str(tiny_data))
+    model, _, shipped_record = checkpoint.load_diffusion(shipped[1])
+    torch.testing.assert_close(model.class_embedder.subclass_prior, cached["subclass_prior"],
+                               atol=1e-3, rtol=0)  # fmt: skip
+    assert checkpoint.find_guide(shipped[1], shipped_record)[0] is not None
+    # Resuming is exact, and a guide from other clusters does not belong with the model.
+    train(cfg("b", epochs=2, stop_at_epoch=1))
+    train(cfg("b", epochs=2), resume=True)
+    resumed = checkpoint.load(tmp_path / "b" / FINAL, checkpoint.KIND_DIFFUSION)["state_dict"]
+    assert all(torch.equal(v, resumed[k]) for k, v in saved["state_dict"].items())
+    train(cfg("c", k=3, epochs=1))
+    with pytest.raises(CatdogError, match="different sub-classes"):
+        checkpoint.find_guide(final, saved, str(tmp_path / "c" / GUIDE))
+    with pytest.raises(CatdogError, match="subclasses must be >= 1"):
+        train(cfg("d", k=0, epochs=1))

@@ -106,3 +106,27 @@ def test_augment_labels_steer_the_unet_and_zeros_read_as_none():
     torch.testing.assert_close(net(x, t, y), net(x, t, y, augment_labels=torch.zeros(2, 5)))
     with pytest.raises(ValueError, match="without augmentation"):
         UNet(TINY)(x, t, y, augment_labels=turned)
+
+
+def test_subclasses_are_drawn_per_image_from_the_prior_and_seed():
+    net = UNet(UNetConfig(**{**TINY.__dict__, "subclasses": 3}))
+    assert net.null_label == 6 and net.class_embedder.embedding.num_embeddings == 7
+    net.class_embedder.subclass_prior.copy_(torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]))
+    labels = torch.tensor([0, 1, 2] * 400)  # cat, dog, the class null label
+
+    def draw(seed: int) -> torch.Tensor:
+        return net.draw_subclasses(labels, [torch.Generator().manual_seed(seed + i)
+                                            for i in range(len(labels))])  # fmt: skip
+
+    drawn = draw(0)
+    assert (drawn[0::3] == 1).all()  # the cat prior has all its mass on sub-class 1
+    assert set(drawn[1::3].tolist()) == {3, 5}  # dog sub-classes 0 and 2, never 1
+    assert 0.4 < (drawn[1::3] == 3).float().mean() < 0.6
+    assert (drawn[2::3] == net.null_label).all()
+    assert torch.equal(drawn, draw(0)) and not torch.equal(drawn, draw(1))
+    with pytest.raises(ValueError, match="3 labels but 2 generators"):
+        net.draw_subclasses(labels[:3], [torch.Generator(), torch.Generator()])
+    # Without sub-classes the labels are the classes themselves.
+    plain = UNet(TINY)
+    assert plain.draw_subclasses(labels, []) is labels
+    assert "class_embedder.subclass_prior" not in plain.state_dict()

@@ -1,6 +1,11 @@
+import torch
 from PIL import Image
 
 from catdog import checkpoint
+from catdog.config import ScheduleConfig, UNetConfig
+from catdog.diffusion import NoiseSchedule
+from catdog.generate import sample_latents
+from catdog.models.unet import UNet
 from catdog.visualize import load_gif_frames, make_figures, reverse_trajectory
 
 
@@ -11,6 +16,19 @@ def test_reverse_trajectory_records_every_step(tiny_pair):
     assert xs.shape == (7, 2, 8, 8) and x0s.shape == (6, 2, 8, 8)
     torch_equal = (xs[-1] - x0s[-1]).abs().max().item()
     assert torch_equal < 1e-5  # the last step lands on its own x0 prediction
+
+
+def test_a_trajectory_of_a_subclass_model_is_the_sample_of_its_seed():
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(latent_channels=2, latent_size=8, channels=(8, 16), heads=2,
+                           norm_groups=4, subclasses=3)).eval()  # fmt: skip
+    torch.nn.init.normal_(unet.head.weight, std=0.1)  # the head starts at zero
+    unet.class_embedder.subclass_prior.copy_(torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]]))
+    schedule = NoiseSchedule(ScheduleConfig(num_timesteps=100))
+    for seed in range(4):  # the sub-class drawn differs across these seeds
+        _, xs, _ = reverse_trajectory(unet, schedule, label=1, seed=seed, steps=5)
+        sample = sample_latents(unet, schedule, torch.tensor([1]), [seed], steps=5, guidance=2.0)
+        torch.testing.assert_close(xs[-1:], sample)
 
 
 def test_all_figures_are_written(tiny_pair, tiny_data, tmp_path):

@@ -316,6 +316,7 @@ def find_guide(
                 (record["unet_config"]["latent_channels"], record["unet_config"]["latent_size"]),
             ),
             ("classes", guide.cfg.num_classes, record["unet_config"]["num_classes"]),
+            ("sub-classes", _subclass_ids(guide_record), _subclass_ids(record)),
         )  # fmt: skip
         if a != b
     ]
@@ -325,6 +326,13 @@ def find_guide(
             + ", ".join(mismatch)
         )
     return guide, {**link, "file": str(path)}
+
+
+def _subclass_ids(record: dict[str, Any]) -> tuple[int, list | None]:
+    """A diffusion record's sub-classes: how many per class, and their frequencies (a guide
+    from the same run has the same clusters, so the same frequencies)."""
+    prior = record["state_dict"].get("class_embedder.subclass_prior")
+    return record["unet_config"].get("subclasses", 1), None if prior is None else prior.tolist()
 
 
 def _latent_ids(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str]:

@@ -362,6 +362,13 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "dropout", type=float, help=f"UNet dropout (default: {u.dropout})")
     _flag(
         parser,
+        "subclasses",
+        type=int,
+        help="k-means clusters of VGG16 features per class, each its own label; sampling by "
+        f"class draws one (default: {u.subclasses}, no clusters)",
+    )
+    _flag(
+        parser,
         "self-condition",
         action=argparse.BooleanOptionalAction,
         help="self-conditioning: the UNet also sees its previous clean-latent estimate "
@@ -511,7 +518,7 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
         o["unet"]["channels"] = _int_list(args.channels, "--channels")
     if args.attention_levels is not None:
         o["unet"]["attention_levels"] = _int_list(args.attention_levels, "--attention-levels")
-    for key in ("blocks_per_level", "class_dropout", "dropout", "self_condition"):
+    for key in ("blocks_per_level", "class_dropout", "dropout", "self_condition", "subclasses"):
         if getattr(args, key) is not None:
             o["unet"][key] = getattr(args, key)
     for flag, key in (("schedule", "kind"), ("timesteps", "num_timesteps"),

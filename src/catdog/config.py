@@ -172,6 +172,11 @@ class UNetConfig:
     dropout: float = 0.0
     num_classes: int = 2  # the embedding has one more row: the null label (index num_classes)
     class_dropout: float = 0.1  # label -> null with this probability in training (for CFG)
+    # Sub-classes per class (Hu et al. 2023, "Self-guided diffusion models"): > 1 splits each
+    # class into this many k-means clusters of the training images' VGG16 features, and the
+    # embedding has a row per cluster. The UNet stores each class's cluster frequencies, and
+    # sampling by class draws a cluster from them per image (UNet.draw_subclasses).
+    subclasses: int = 1
     # Self-conditioning (Chen et al. 2023, "Analog Bits"): the network also sees its own
     # previous estimate of the clean latent (zeros when there is none), which samplers pass on
     # from step to step. Doubles the stem's input channels only.

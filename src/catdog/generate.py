@@ -57,6 +57,9 @@ def sample_latents(
 ) -> torch.Tensor:
     """Normalised latents, one per (label, seed); image i depends only on its own seed.
 
+    ``labels`` are classes; a UNet with sub-classes draws one per image from its seed
+    (``UNet.draw_subclasses``), after the image's starting noise.
+
     With a ``guide`` (a weaker model, see ``checkpoint.find_guide``) the guidance is
     autoguidance instead of classifier-free guidance, and ``class_guidance`` may add a
     classifier-free term on top (``diffusion.guided_output``).
@@ -69,8 +72,11 @@ def sample_latents(
     for start in tqdm(batches, desc="sampling", disable=not progress, leave=False):
         gens = [torch.Generator().manual_seed(s) for s in seeds[start : start + batch_size]]
         x = per_sample_noise(shape, gens, device)
+        batch_labels = labels[start : start + batch_size]
+        if hasattr(unet, "draw_subclasses"):  # a sub-class per image, after its noise
+            batch_labels = unet.draw_subclasses(batch_labels, gens)
         out.append(SAMPLERS[sampler](
-            unet, x, timesteps, labels=labels[start : start + batch_size].to(device),
+            unet, x, timesteps, labels=batch_labels.to(device),
             schedule=schedule,
             null_label=unet.null_label, guidance=guidance, eta=eta, generators=gens,
             callback=callback, guide=guide, class_guidance=class_guidance,

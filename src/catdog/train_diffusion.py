@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import augment, checkpoint, distributed, viz
+from . import augment, checkpoint, distributed, subclasses, viz
 from .config import DiffusionTrainConfig, to_dict
-from .data import balanced_subset, load_split, random_resized_crops, to_float
+from .data import ImageSet, balanced_subset, load_split, random_resized_crops, to_float
 from .diffusion import NoiseSchedule, self_conditioned
 from .ema import EMA
 from .errors import CatdogError
@@ -51,7 +51,8 @@ def _cache_key(cfg: DiffusionTrainConfig, latent_hash: str) -> dict[str, Any]:
     return {"vae_latent_sha256": latent_hash, "split": cfg.data.train_split,
             "crop_copies": cfg.crop_copies, "crop_min_scale": cfg.crop_min_scale,
             "seed": cfg.seed,
-            "repa_layer": cfg.repa_layer if cfg.repa_weight > 0 else None}  # fmt: skip
+            "repa_layer": cfg.repa_layer if cfg.repa_weight > 0 else None,
+            "subclasses": cfg.unet.subclasses}  # fmt: skip
 
 
 def load_or_cache_latents(
@@ -90,22 +91,48 @@ def load_or_cache_latents(
         "labels": data.labels.repeat(2 * len(copies)),
         **key,
     }
-    if cfg.repa_weight > 0:
-        vgg = load_vgg16_features(
-            cfg.vgg_weights, off_hint="turn representation alignment off with --repa-weight 0"
-        )
+    if cfg.repa_weight > 0 or cfg.unet.subclasses > 1:
+        hint = ("turn representation alignment off with --repa-weight 0" if cfg.repa_weight > 0
+                else "or train without sub-classes (--subclasses 1)")  # fmt: skip
+        vgg = load_vgg16_features(cfg.vgg_weights, off_hint=hint)
         if not 0 <= cfg.repa_layer < len(vgg):
             raise CatdogError(f"repa_layer must be in 0..{len(vgg) - 1} (a layer of "
                               f"vgg16().features), got {cfg.repa_layer}")  # fmt: skip
         with torch.no_grad():
-            cached["features"] = torch.cat([
+            features = torch.cat([
                 vgg_feature_map(vgg, x.flip(-1) if flip else x, cfg.repa_layer).half()
                 for images in copies for flip in (False, True)
                 for x in (to_float(chunk) for chunk in images.split(128))
             ])  # fmt: skip
+        if cfg.repa_weight > 0:
+            cached["features"] = features
+        if cfg.unet.subclasses > 1:  # clusters of the originals, each copy assigned to one
+            pooled = subclasses.mirror_pooled(features, len(data.images))
+            first = slice(0, len(data.images))
+            split = subclasses.fit(pooled[first], data.labels, cfg.unet.subclasses, cfg.seed,
+                                   cfg.unet.num_classes)  # fmt: skip
+            fine = split.assign(pooled, data.labels.repeat(len(copies)))
+            cached["subclass_labels"] = fine.view(len(copies), 1, -1).expand(-1, 2, -1).flatten()
+            cached["subclass_centroids"], cached["subclass_prior"] = split.centroids, split.prior
     if write:
         checkpoint.atomic_write(path, lambda f: torch.save(cached, f))
     return cached
+
+
+def held_out_labels(
+    cfg: DiffusionTrainConfig, latents: dict[str, torch.Tensor], held_out: ImageSet
+) -> torch.Tensor:
+    """The labels the UNet embeds for held-out images: their classes, or with sub-classes each
+    image's nearest cluster of its class (its VGG16 features and its mirror's, as in training)."""
+    if cfg.unet.subclasses == 1:
+        return held_out.labels
+    vgg = load_vgg16_features(cfg.vgg_weights, off_hint="or train without sub-classes")
+    with torch.no_grad():
+        maps = torch.cat([vgg_feature_map(vgg, to_float(held_out.images).flip(-1) if flip
+                                          else to_float(held_out.images), cfg.repa_layer)
+                          for flip in (False, True)])  # fmt: skip
+    split = subclasses.Subclasses(latents["subclass_centroids"], latents["subclass_prior"])
+    return split.assign(subclasses.mirror_pooled(maps, len(held_out.images)), held_out.labels)
 
 
 def predict_x0(
@@ -270,6 +297,8 @@ def train_on(
         raise CatdogError(f"latent_sampling must be posterior or mean, not {cfg.latent_sampling!r}")
     if cfg.repa_weight < 0:
         raise CatdogError(f"repa weight must be >= 0, got {cfg.repa_weight}")
+    if cfg.unet.subclasses < 1:
+        raise CatdogError(f"subclasses must be >= 1 (1 = none), got {cfg.unet.subclasses}")
     if cfg.repa_hidden < 1:
         raise CatdogError(f"repa hidden width must be >= 1, got {cfg.repa_hidden}")
     if not 0 <= cfg.augment_prob <= 1:
@@ -303,6 +332,10 @@ def train_on(
     latents = load_or_cache_latents(cfg, vae, vae_link["latent_sha256"], write=rt.is_main)
     schedule = NoiseSchedule(cfg.schedule)
     unet = UNet(cfg.unet)
+    train_labels = latents["labels"]  # what the UNet embeds: classes, or sub-classes
+    if cfg.unet.subclasses > 1:
+        train_labels = latents["subclass_labels"]
+        unet.class_embedder.subclass_prior.copy_(latents["subclass_prior"])
     projector = None
     if cfg.repa_weight > 0:
         projector = FeatureProjector(
@@ -364,9 +397,10 @@ def train_on(
         pick_rng = torch.Generator().manual_seed(cfg.seed)
         pick = torch.randperm(originals, generator=pick_rng)[: len(val)]
         tracked = {
-            "val": (vae.normalize_latent(encode_means(vae, val.images)), val.labels),
-            "train": (vae.normalize_latent(latents["mean"][pick]), latents["labels"][pick]),
-        }
+            "val": (vae.normalize_latent(encode_means(vae, val.images)),
+                    held_out_labels(cfg, latents, val)),
+            "train": (vae.normalize_latent(latents["mean"][pick]), train_labels[pick]),
+        }  # fmt: skip
     accum = cfg.runtime.grad_accum
     drop_last = rt.world_size * accum > 1  # every rank and micro-step gets an equal share
     started = time.monotonic()
@@ -384,7 +418,7 @@ def train_on(
             for group in opt.param_groups:
                 group["lr"] = lr
             # Per-sample randomness for the whole global batch, from the shared stream.
-            mean, labels = latents["mean"][index], latents["labels"][index]
+            mean, labels = latents["mean"][index], train_labels[index]
             if cfg.latent_sampling == "posterior":
                 std = (0.5 * latents["logvar"][index]).exp()
                 mean = mean + std * torch.randn(mean.shape, generator=data_rng)

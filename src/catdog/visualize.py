@@ -35,7 +35,9 @@ def reverse_trajectory(
     """One reverse DDIM run for one class: the timesteps, the latents x_t after each step
     (steps + 1, C, h, w, starting with the noise), and the predicted x0 at each step."""
     shape = (unet.cfg.latent_channels, unet.cfg.latent_size, unet.cfg.latent_size)
-    x_T = per_sample_noise(shape, [torch.Generator().manual_seed(seed)])
+    generator = torch.Generator().manual_seed(seed)
+    x_T = per_sample_noise(shape, [generator])
+    labels = unet.draw_subclasses(torch.tensor([label]), [generator])  # as sample_latents
     timesteps = schedule.spaced_timesteps(steps)
     xs, x0s, ts = [x_T[0]], [], [timesteps[0]]
 
@@ -44,7 +46,7 @@ def reverse_trajectory(
         x0s.append(x0[0])
         ts.append(t)
 
-    ddim_sample(unet, x_T, timesteps, labels=torch.tensor([label]), schedule=schedule,
+    ddim_sample(unet, x_T, timesteps, labels=labels, schedule=schedule,
                 null_label=unet.null_label, guidance=guidance, callback=record,
                 guide=guide)  # fmt: skip
     return ts, torch.stack(xs), torch.stack(x0s)
@@ -184,7 +186,7 @@ def save_comparison(
 ) -> None:
     """Rows: real images, labelled with ``names``. Columns: the original, its VAE
     reconstruction, and its latent noised to step t and denoised back with its own class label
-    (SDEdit, Meng et al. 2022)."""
+    (SDEdit, Meng et al. 2022; for a UNet with sub-classes, one drawn from its class's)."""
     x = to_float(originals.images)
     mean, _ = vae.encode(x)
     recon = vae.decode(mean).clamp(-1, 1)
@@ -192,11 +194,12 @@ def save_comparison(
     columns = [("original", x), ("VAE reconstruction", recon)]
     gens = [torch.Generator().manual_seed(seed + i) for i in range(len(x))]
     noise = per_sample_noise(z0.shape[1:], gens)
+    labels = unet.draw_subclasses(originals.labels, gens)  # with sub-classes, one per image
     for t in noise_levels:
         t = min(t, schedule.num_timesteps)
         x_t = schedule.add_noise(z0, noise, torch.full((len(x),), t))
         timesteps = [s for s in schedule.spaced_timesteps(steps) if s < t]
-        z = ddim_sample(unet, x_t, [t, *timesteps], labels=originals.labels, schedule=schedule,
+        z = ddim_sample(unet, x_t, [t, *timesteps], labels=labels, schedule=schedule,
                         null_label=unet.null_label, guidance=guidance, guide=guide)  # fmt: skip
         columns.append((f"noised to t={t},\ndenoised", decode_latents(vae, z)))
     fig, axes = plt.subplots(len(x), len(columns), figsize=(1.6 * len(columns), 1.7 * len(x)),

@@ -9,6 +9,8 @@ Salimans 2022).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -17,12 +19,19 @@ from .layers import ResBlock, SelfAttention, group_norm, timestep_embedding
 
 
 class ClassEmbedder(nn.Module):
-    """Label -> embedding, with one more row for the named null label."""
+    """Label -> embedding, with one more row for the named null label.
 
-    def __init__(self, num_classes: int, dim: int) -> None:
+    With ``subclasses`` K > 1 the labels it embeds are sub-class labels, ``class * K + k``, and
+    ``subclass_prior`` (num_classes, K) holds how often each sub-class occurs in its class."""
+
+    def __init__(self, num_classes: int, dim: int, subclasses: int = 1) -> None:
         super().__init__()
-        self.null_label = num_classes
-        self.embedding = nn.Embedding(num_classes + 1, dim)
+        self.num_classes, self.subclasses = num_classes, subclasses
+        self.null_label = num_classes * subclasses
+        self.embedding = nn.Embedding(self.null_label + 1, dim)
+        if subclasses > 1:
+            self.register_buffer("subclass_prior", torch.full((num_classes, subclasses),
+                                                              1.0 / subclasses))  # fmt: skip
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         return self.embedding(labels)
@@ -62,7 +71,7 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
-        self.class_embedder = ClassEmbedder(cfg.num_classes, emb_dim)
+        self.class_embedder = ClassEmbedder(cfg.num_classes, emb_dim, cfg.subclasses)
         self.augment_embedder = (
             nn.Linear(cfg.augment_dim, emb_dim, bias=False) if cfg.augment_dim > 0 else None
         )
@@ -94,6 +103,28 @@ class UNet(nn.Module):
     @property
     def null_label(self) -> int:
         return self.class_embedder.null_label
+
+    def draw_subclasses(
+        self, labels: torch.Tensor, generators: Sequence[torch.Generator]
+    ) -> torch.Tensor:
+        """Class labels (the class null label ``cfg.num_classes`` included) -> the labels this
+        network embeds: each class label gets a sub-class drawn from ``subclass_prior`` with its
+        image's own generator, so an image depends on its seed only. Without sub-classes the
+        labels are returned as they are."""
+        embedder = self.class_embedder
+        if embedder.subclasses == 1:
+            return labels
+        if len(generators) != len(labels):
+            raise ValueError(f"{len(labels)} labels but {len(generators)} generators")
+        out = []
+        for label, generator in zip(labels.tolist(), generators, strict=True):
+            if label == embedder.num_classes:
+                out.append(embedder.null_label)
+            else:
+                prior = embedder.subclass_prior[label].float().cpu()
+                k = int(torch.multinomial(prior, 1, generator=generator))
+                out.append(label * embedder.subclasses + k)
+        return torch.tensor(out, dtype=labels.dtype, device=labels.device)
 
     def drop_labels(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Labels with each replaced by the null label with probability ``class_dropout``.
