@@ -52,7 +52,7 @@ def _cache_key(cfg: DiffusionTrainConfig, latent_hash: str) -> dict[str, Any]:
             "crop_copies": cfg.crop_copies, "crop_min_scale": cfg.crop_min_scale,
             "seed": cfg.seed,
             "repa_layer": cfg.repa_layer if cfg.repa_weight > 0 else None,
-            "subclasses": cfg.unet.subclasses}  # fmt: skip
+            "subclasses": cfg.unet.subclasses if cfg.unet.subclasses > 1 else None}  # fmt: skip
 
 
 def load_or_cache_latents(
