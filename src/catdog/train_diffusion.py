@@ -51,7 +51,8 @@ def _cache_key(cfg: DiffusionTrainConfig, latent_hash: str) -> dict[str, Any]:
     return {"vae_latent_sha256": latent_hash, "split": cfg.data.train_split,
             "crop_copies": cfg.crop_copies, "crop_min_scale": cfg.crop_min_scale,
             "seed": cfg.seed,
-            "repa_layer": cfg.repa_layer if cfg.repa_weight > 0 else None,
+            "repa_layer": cfg.repa_layer if cfg.repa_weight > 0 or cfg.unet.subclasses > 1
+                          else None,
             "subclasses": cfg.unet.subclasses if cfg.unet.subclasses > 1 else None}  # fmt: skip
 
 
@@ -98,12 +99,8 @@ def load_or_cache_latents(
         if not 0 <= cfg.repa_layer < len(vgg):
             raise CatdogError(f"repa_layer must be in 0..{len(vgg) - 1} (a layer of "
                               f"vgg16().features), got {cfg.repa_layer}")  # fmt: skip
-        with torch.no_grad():
-            features = torch.cat([
-                vgg_feature_map(vgg, x.flip(-1) if flip else x, cfg.repa_layer).half()
-                for images in copies for flip in (False, True)
-                for x in (to_float(chunk) for chunk in images.split(128))
-            ])  # fmt: skip
+        features = torch.cat([mirrored_feature_maps(vgg, images, cfg.repa_layer)
+                              for images in copies])  # fmt: skip
         if cfg.repa_weight > 0:
             cached["features"] = features
         if cfg.unet.subclasses > 1:  # clusters of the originals, each copy assigned to one
@@ -119,6 +116,16 @@ def load_or_cache_latents(
     return cached
 
 
+@torch.no_grad()
+def mirrored_feature_maps(vgg: torch.nn.Module, images: torch.Tensor, layer: int) -> torch.Tensor:
+    """Layer ``layer`` of ``vgg16().features`` (fp16) for uint8 ``images``, then for their mirror
+    images: rows laid out as ``encode_training_set``'s."""
+    return torch.cat([
+        vgg_feature_map(vgg, x.flip(-1) if flip else x, layer).half()
+        for flip in (False, True) for x in (to_float(chunk) for chunk in images.split(128))
+    ])  # fmt: skip
+
+
 def held_out_labels(
     cfg: DiffusionTrainConfig, latents: dict[str, torch.Tensor], held_out: ImageSet
 ) -> torch.Tensor:
@@ -127,10 +134,7 @@ def held_out_labels(
     if cfg.unet.subclasses == 1:
         return held_out.labels
     vgg = load_vgg16_features(cfg.vgg_weights, off_hint="or train without sub-classes")
-    with torch.no_grad():
-        maps = torch.cat([vgg_feature_map(vgg, to_float(held_out.images).flip(-1) if flip
-                                          else to_float(held_out.images), cfg.repa_layer)
-                          for flip in (False, True)])  # fmt: skip
+    maps = mirrored_feature_maps(vgg, held_out.images, cfg.repa_layer)
     split = subclasses.Subclasses(latents["subclass_centroids"], latents["subclass_prior"])
     return split.assign(subclasses.mirror_pooled(maps, len(held_out.images)), held_out.labels)
 
