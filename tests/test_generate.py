@@ -8,7 +8,7 @@ from catdog.config import DEFAULT_GUIDANCE, GenerateConfig
 from catdog.errors import CatdogError
 from catdog.generate import generate, sample_latents
 from catdog.models.vae import VAE
-from tests.conftest import assert_one_line_error, resave, run_cli
+from tests.conftest import assert_one_line_error, resave, run_cli, tiny_diffusion_cfg
 
 
 def cfg_for(pair, output, **kw):
@@ -167,6 +167,28 @@ def test_a_guide_model_changes_the_samples_and_none_is_classifier_free(tiny_pair
     cfg_none = _images(generate(cfg_for(tiny_pair, tmp_path / "n", guide_path="none", **kw)))
     assert torch.equal(cfg_default, cfg_none)  # no guide recorded with tiny_pair: CFG either way
     assert not torch.equal(auto, cfg_none)
+
+
+def test_a_guide_narrower_than_the_model_is_accepted_and_used(tiny_data, tiny_vae, tiny_pair,
+                                                              tmp_path):  # fmt: skip
+    # A guide need only share the VAE, schedule, latent shape and classes: a smaller UNet (the
+    # faster option in docs/design.md, "A smaller guide") works as one.
+    from catdog.train_diffusion import FINAL, train
+
+    cfg = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "narrow", epochs=1, seed=1)
+    cfg.unet.channels = (4, 8)
+    train(cfg)
+    narrow = tmp_path / "narrow" / FINAL
+    unet, schedule, record = checkpoint.load_diffusion(str(tiny_pair))
+    guide, link = checkpoint.find_guide(tiny_pair, record, str(narrow))
+    assert guide.cfg.channels != unet.cfg.channels and link == {"file": str(narrow)}
+    latents = {w: sample_latents(unet, schedule, torch.tensor([0, 1]), [0, 1], steps=4,
+                                 guidance=w, guide=guide)
+               for w in (1.0, 3.0)}  # fmt: skip
+    assert not torch.allclose(latents[1.0], latents[3.0])
+    paths = generate(cfg_for(tiny_pair, tmp_path / "g", guide_path=str(narrow), num_samples=2,
+                             steps=4, guidance=3.0))  # fmt: skip
+    assert _images(paths).shape == (2, 16, 16, 3)
 
 
 def test_class_guidance_changes_autoguided_samples_and_needs_a_guide(tiny_pair, tiny_guide,
