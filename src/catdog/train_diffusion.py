@@ -44,6 +44,7 @@ from .train_vae import encode_means, encode_training_set
 
 FINAL, STATE, LATENTS = "conditional_diffusion_final.pt", "diffusion_train_state.pt", "latents.pt"
 GUIDE = "guide.pt"  # the early EMA snapshot that autoguidance uses
+SUBCLASS_OFF_HINT = "or train without sub-classes (--subclasses 1)"  # when VGG16 is missing
 CURVE_KEYS = ["loss", "loss_repa", "train_x0_mse", "val_x0_mse", "latents_per_s"]
 
 
@@ -94,7 +95,7 @@ def load_or_cache_latents(
     }
     if cfg.repa_weight > 0 or cfg.unet.subclasses > 1:
         hint = ("turn representation alignment off with --repa-weight 0" if cfg.repa_weight > 0
-                else "or train without sub-classes (--subclasses 1)")  # fmt: skip
+                else SUBCLASS_OFF_HINT)  # fmt: skip
         vgg = load_vgg16_features(cfg.vgg_weights, off_hint=hint)
         if not 0 <= cfg.repa_layer < len(vgg):
             raise CatdogError(f"repa_layer must be in 0..{len(vgg) - 1} (a layer of "
@@ -105,9 +106,8 @@ def load_or_cache_latents(
             cached["features"] = features
         if cfg.unet.subclasses > 1:  # clusters of the originals, each copy assigned to one
             pooled = subclasses.mirror_pooled(features, len(data.images))
-            first = slice(0, len(data.images))
-            split = subclasses.fit(pooled[first], data.labels, cfg.unet.subclasses, cfg.seed,
-                                   cfg.unet.num_classes)  # fmt: skip
+            split = subclasses.fit(pooled[: len(data.images)], data.labels, cfg.unet.subclasses,
+                                   cfg.seed, cfg.unet.num_classes)  # fmt: skip
             fine = split.assign(pooled, data.labels.repeat(len(copies)))
             cached["subclass_labels"] = fine.view(len(copies), 1, -1).expand(-1, 2, -1).flatten()
             cached["subclass_centroids"], cached["subclass_prior"] = split.centroids, split.prior
@@ -133,7 +133,7 @@ def held_out_labels(
     image's nearest cluster of its class (its VGG16 features and its mirror's, as in training)."""
     if cfg.unet.subclasses == 1:
         return held_out.labels
-    vgg = load_vgg16_features(cfg.vgg_weights, off_hint="or train without sub-classes")
+    vgg = load_vgg16_features(cfg.vgg_weights, off_hint=SUBCLASS_OFF_HINT)
     maps = mirrored_feature_maps(vgg, held_out.images, cfg.repa_layer)
     split = subclasses.Subclasses(latents["subclass_centroids"], latents["subclass_prior"])
     return split.assign(subclasses.mirror_pooled(maps, len(held_out.images)), held_out.labels)
