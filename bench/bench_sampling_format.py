@@ -27,7 +27,10 @@ from common import append_record, interleaved_median_ms, record_header  # noqa: 
 from catdog import checkpoint  # noqa: E402
 from catdog.generate import decode_latents, resolve_model_path, sample_latents  # noqa: E402
 
-FORMATS = {"contiguous (NCHW)": torch.contiguous_format, "channels_last (NHWC)": torch.channels_last}
+FORMATS = {
+    "contiguous (NCHW)": torch.contiguous_format,
+    "channels_last (NHWC)": torch.channels_last,
+}
 
 
 def main() -> None:
