@@ -324,6 +324,25 @@ def diffusion_step_section(out: list[str]) -> None:
     out.append("")
 
 
+def sampling_format_section(out: list[str]) -> None:
+    title = "Memory format of the loaded networks for sampling (interleaved)"
+    rows = section(out, title, "sampling_format.jsonl")
+    if not rows:
+        return
+    table(out, ["date", "model", "format", "images/s", "time against the first",
+                "largest pixel difference"], [
+        [r["date"], r["model_path"], name, str(v["images_per_s"]), f"{v['vs_first_pct']:+.1f} %",
+         f"{r['max_pixel_diff']:.1e}"]
+        for r in rows for name, v in r["results"].items()
+    ])  # fmt: skip
+    out.append("\nThe whole default sampling pipeline (DPM-Solver++ 20 with the model's guide, "
+               "then the decoder) for one batch of images (64 unless the command says "
+               "otherwise), the UNet, guide and VAE in each memory format; the pixel difference "
+               "is between the two formats' images, in [-1, 1] units. Records:\n")  # fmt: skip
+    provenances(out, rows)
+    out.append("")
+
+
 def unet_cost_section(out: list[str]) -> None:
     title = "What a UNet change costs: training step and sampling pass (interleaved)"
     rows = section(out, title, "unet_cost.jsonl")
@@ -424,6 +443,7 @@ def main() -> None:
     speed_section(out)
     repa_step_section(out)
     diffusion_step_section(out)
+    sampling_format_section(out)
     unet_cost_section(out)
     training_section(out)
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out).rstrip() + "\n")

@@ -4,6 +4,7 @@ import torch
 from catdog import checkpoint
 from catdog.config import VAEConfig
 from catdog.errors import CatdogError
+from catdog.generate import SHIPPED_MODEL, decode_latents, sample_latents
 from catdog.models.vae import VAE
 
 TINY = VAEConfig(image_size=16, channels=(8, 16), latent_channels=2, norm_groups=4)
@@ -38,6 +39,8 @@ def test_vae_saved_is_vae_loaded_output_for_output(tmp_path):
     checkpoint.save(path, checkpoint.KIND_VAE, checkpoint.vae_payload(vae, {"note": 1}, epoch=3))
     loaded, record = checkpoint.load_vae(path)
     assert record["epoch"] == 3 and record["train_config"] == {"note": 1}
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in vae.state_dict().items())
+    vae.to(memory_format=checkpoint.INFERENCE_MEMORY_FORMAT)  # the same arithmetic as loaded
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     with torch.no_grad():
         assert torch.equal(vae.encode(x)[0], loaded.encode(x)[0])
@@ -66,3 +69,24 @@ def test_missing_corrupt_truncated_and_wrong_kind(tmp_path):
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(CatdogError, match="not a catdog checkpoint"):
         checkpoint.load(other, checkpoint.KIND_VAE)
+
+
+def test_loaded_networks_are_channels_last_and_draw_what_contiguous_ones_draw():
+    unet, schedule, record = checkpoint.load_diffusion(SHIPPED_MODEL)
+    vae, _ = checkpoint.find_vae(SHIPPED_MODEL, record)  # checks the VAE's hash: unchanged
+    guide, _ = checkpoint.find_guide(SHIPPED_MODEL, record)  # likewise the guide's
+    kernels = [m.weight for net in (unet, vae, guide) for m in net.modules()
+               if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]  # fmt: skip
+    assert kernels
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in kernels)
+    assert not any(w.is_contiguous() for w in kernels)
+
+    def draw() -> torch.Tensor:
+        z = sample_latents(unet, schedule, torch.tensor([0, 1]), [0, 1], sampler="dpmpp",
+                           steps=4, guidance=2.0, guide=guide)  # fmt: skip
+        return decode_latents(vae, z)
+
+    nhwc = draw()
+    for net in (unet, vae, guide):
+        net.to(memory_format=torch.contiguous_format)
+    assert torch.allclose(draw(), nhwc, atol=1e-3)  # the format is speed only

@@ -163,15 +163,23 @@ def vae_payload(vae: torch.nn.Module, train_config: dict[str, Any], **extra: Any
     }
 
 
+# Loaded networks keep their weights in channels-last (NHWC): the whole default sampling
+# pipeline runs ~8 % faster on the CPU that way, with the same images to 1e-4
+# (bench/bench_sampling_format.py). Not measured on CUDA. State dicts and hashes do not change:
+# ``content_hash`` and ``save_safetensors`` make every tensor contiguous first.
+INFERENCE_MEMORY_FORMAT = torch.channels_last
+
+
 def load_vae(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a VAE from a checkpoint; returns the model (eval mode) and the whole record."""
+    """Rebuild a VAE from a checkpoint; returns the model (eval mode, channels-last) and the whole
+    record."""
     record = load(path, KIND_VAE)
     try:
         vae = VAE(from_dict(VAEConfig, record["config"]))
         vae.load_state_dict(record["state_dict"])
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise CatdogError(f"VAE checkpoint {path} does not match its own config ({exc})") from None
-    return vae.eval(), record
+    return vae.eval().to(memory_format=INFERENCE_MEMORY_FORMAT), record
 
 
 def content_hash(state_dict: dict[str, torch.Tensor]) -> str:
@@ -181,7 +189,10 @@ def content_hash(state_dict: dict[str, torch.Tensor]) -> str:
     for key in sorted(state_dict):
         tensor = state_dict[key].detach().cpu().contiguous()
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # view(-1): a channels-last (N, C, 1, 1) tensor counts as contiguous with a last stride
+        # of C, which a view as bytes refuses; flat, its bytes are in the same order.
+        flat = tensor.view(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -230,7 +241,8 @@ def diffusion_payload(
 
 
 def load_diffusion(path: str | os.PathLike) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """Rebuild the EMA UNet (eval mode) and its noise schedule from a diffusion checkpoint."""
+    """Rebuild the EMA UNet (eval mode, channels-last) and its noise schedule from a diffusion
+    checkpoint."""
     record = load(path, KIND_DIFFUSION)
     try:
         unet = UNet(from_dict(UNetConfig, record["unet_config"]))
@@ -240,7 +252,7 @@ def load_diffusion(path: str | os.PathLike) -> tuple[torch.nn.Module, Any, dict[
         raise CatdogError(
             f"diffusion checkpoint {path} does not match its config ({exc})"
         ) from None
-    return unet.eval(), schedule, record
+    return unet.eval().to(memory_format=INFERENCE_MEMORY_FORMAT), schedule, record
 
 
 def find_vae(
