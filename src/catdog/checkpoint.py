@@ -164,7 +164,7 @@ def vae_payload(vae: torch.nn.Module, train_config: dict[str, Any], **extra: Any
 
 
 # Loaded networks keep their weights in channels-last (NHWC): the whole default sampling
-# pipeline runs ~8 % faster on the CPU that way, with the same images to 1e-4
+# pipeline runs 7 to 8 % faster on the CPU that way, with the same images to 1e-4
 # (bench/bench_sampling_format.py). Not measured on CUDA. State dicts and hashes do not change:
 # ``content_hash`` and ``save_safetensors`` make every tensor contiguous first.
 INFERENCE_MEMORY_FORMAT = torch.channels_last
