@@ -19,8 +19,9 @@ def test_clusters_are_found_within_each_class_with_their_frequencies():
     labels = torch.tensor([0] * 40 + [1] * 40)
     split = subclasses.fit(x, labels, 2, seed=0)
     assert split.centroids.shape == (2, 2, 6)
-    assert sorted(split.prior[0].tolist()) == [0.25, 0.75] and split.prior[1].tolist() == [0.5, 0.5]
     fine = split.assign(x, labels)
+    prior = subclasses.frequencies(fine, 2, 2)
+    assert sorted(prior[0].tolist()) == [0.25, 0.75] and prior[1].tolist() == [0.5, 0.5]
     assert (fine // 2 == labels).all()  # a sub-class always lies within the row's class
     for block in (fine[:30], fine[30:40], fine[40:60], fine[60:]):
         assert len(block.unique()) == 1  # each blob is one cluster
@@ -41,3 +42,10 @@ def test_an_image_and_its_mirror_share_pooled_features():
     means = maps.mean((2, 3))
     expected = F.normalize(F.normalize(means[7], dim=0) + F.normalize(means[10], dim=0), dim=0)
     torch.testing.assert_close(rows[3 + 1], expected)  # copy 1, image 1: rows 7 and 10
+
+
+def test_frequencies_count_each_class_apart_and_an_empty_class_is_uniform():
+    fine = torch.tensor([0, 0, 2, 1, 2, 2])  # K = 3: class 0 has sub-classes 0, 0, 2, 1, 2, 2
+    prior = subclasses.frequencies(fine, num_classes=2, k=3)
+    torch.testing.assert_close(prior[0], torch.tensor([2.0, 1.0, 3.0]) / 6)
+    torch.testing.assert_close(prior[1], torch.full((3,), 1 / 3))  # no rows of class 1

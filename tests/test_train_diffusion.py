@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from catdog import augment, checkpoint
+from catdog import augment, checkpoint, train_diffusion
 from catdog.config import DiffusionTrainConfig, ScheduleConfig
 from catdog.data import load_folder, to_float
 from catdog.diffusion import SAMPLERS, NoiseSchedule, per_sample_noise
@@ -359,7 +359,7 @@ def test_augmented_training_learns_its_labels_samples_and_resumes(
 
 
 def test_subclasses_cluster_the_training_images_and_sampling_draws_them(
-    tiny_data, tiny_vae, vgg_weights, tmp_path
+    tiny_data, tiny_vae, vgg_weights, tmp_path, monkeypatch
 ):
     def cfg(name: str, k: int = 2, **kw):
         c = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / name, repa_layer=15,
@@ -367,20 +367,29 @@ def test_subclasses_cluster_the_training_images_and_sampling_draws_them(
         c.unet.subclasses = k
         return c
 
+    loads = []  # the real loader, counted: the cache and the held-out labels share one VGG16
+
+    def counted(*args, **kw):
+        loads.append(args)
+        return load_vgg16_features(*args, **kw)
+
+    monkeypatch.setattr(train_diffusion, "load_vgg16_features", counted)
     record = train(cfg("a", epochs=2))
     assert record["val_x0_mse"] > 0  # held-out images get their nearest cluster's label
+    assert len(loads) == 1
     cached = torch.load(tmp_path / "a" / LATENTS, weights_only=True)
     fine, labels = cached["subclass_labels"], cached["labels"]
     assert (fine // 2 == labels).all() and torch.equal(fine[:24], fine[24:])  # mirrors share
     assert "features" not in cached  # REPA is off: the features only made the clusters
-    for c in (0, 1):
-        counts = torch.bincount(fine[:24][labels[:24] == c] - 2 * c, minlength=2)
-        torch.testing.assert_close(cached["subclass_prior"][c], counts / counts.sum())
+    assert "subclass_prior" not in cached  # derived from the labels, not cached beside them
+    prior = torch.stack([torch.bincount(fine[:24][labels[:24] == c] - 2 * c, minlength=2)
+                         for c in (0, 1)]).float()  # fmt: skip
+    prior /= prior.sum(1, keepdim=True)
     # The model and its guide carry the frequencies, and sampling draws sub-classes from them.
     final = tmp_path / "a" / FINAL
     unet, schedule, saved = checkpoint.load_diffusion(final)
     assert unet.null_label == 4
-    assert torch.equal(unet.class_embedder.subclass_prior, cached["subclass_prior"])
+    assert torch.equal(unet.class_embedder.subclass_prior, prior)
     guide, _ = checkpoint.find_guide(final, saved)
     one_by_one = sample_latents(unet, schedule, torch.tensor([0, 1, 1]), [5, 6, 7], steps=3,
                                 batch_size=1, guide=guide, guidance=2.0)  # fmt: skip
@@ -402,8 +411,7 @@ def test_subclasses_cluster_the_training_images_and_sampling_draws_them(
     # The shipped format keeps the frequencies (in fp16), for the model and its guide alike.
     shipped = export_pair(final, tmp_path / "shipped", data_dir=str(tiny_data))
     model, _, shipped_record = checkpoint.load_diffusion(shipped[1])
-    torch.testing.assert_close(model.class_embedder.subclass_prior, cached["subclass_prior"],
-                               atol=1e-3, rtol=0)  # fmt: skip
+    torch.testing.assert_close(model.class_embedder.subclass_prior, prior, atol=1e-3, rtol=0)
     assert checkpoint.find_guide(shipped[1], shipped_record)[0] is not None
     # Resuming is exact, and a guide from other clusters does not belong with the model.
     train(cfg("b", epochs=2, stop_at_epoch=1))

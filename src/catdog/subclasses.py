@@ -8,7 +8,8 @@ distribution of a class is the mixture of its clusters, as in the data.
 
 The features are those representation alignment already caches (a layer of ``vgg16().features``),
 averaged over positions and L2-normalised; an image and its mirror image share one cluster
-(their features are averaged). k-means is scikit-learn's.
+(their features are averaged). k-means is scikit-learn's. Only the centroids are kept: the
+sub-class frequencies follow from the training images' sub-class labels (``frequencies``).
 """
 
 from __future__ import annotations
@@ -36,11 +37,9 @@ def mirror_pooled(feature_maps: torch.Tensor, num_images: int) -> torch.Tensor:
 
 @dataclass
 class Subclasses:
-    """The clustering of one training set: ``centroids`` (num_classes, K, C) and how often each
-    cluster occurs among its class's images, ``prior`` (num_classes, K)."""
+    """The clustering of one training set: ``centroids`` (num_classes, K, C)."""
 
     centroids: torch.Tensor
-    prior: torch.Tensor
 
     def assign(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sub-class labels ``class * K + k``: each row's nearest centroid (Euclidean, as k-means
@@ -50,12 +49,22 @@ class Subclasses:
         return labels * k + distance.argmin(1)
 
 
+def frequencies(fine_labels: torch.Tensor, num_classes: int, k: int) -> torch.Tensor:
+    """How often each sub-class occurs within its class, (num_classes, K), from sub-class labels
+    ``class * K + k``: what ``UNet.draw_subclasses`` draws from. A class with no rows gets a
+    uniform row rather than a division by zero."""
+    counts = torch.bincount(fine_labels.long(), minlength=num_classes * k).view(num_classes, k)
+    counts = counts.float()
+    counts[counts.sum(1) == 0] = 1.0
+    return counts / counts.sum(1, keepdim=True)
+
+
 def fit(features: torch.Tensor, labels: torch.Tensor, k: int, seed: int,
         num_classes: int = 2) -> Subclasses:  # fmt: skip
     """k-means with ``k`` clusters within each class of ``features`` (N, C) (unit rows)."""
     from sklearn.cluster import KMeans
 
-    centroids, prior = [], []
+    centroids = []
     for c in range(num_classes):
         x = features[labels == c].double().numpy()
         if len(x) < k:
@@ -63,6 +72,4 @@ def fit(features: torch.Tensor, labels: torch.Tensor, k: int, seed: int,
                               f"the training set has {len(x)}")  # fmt: skip
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
         centroids.append(torch.from_numpy(km.cluster_centers_).float())
-        counts = torch.bincount(torch.from_numpy(km.labels_).long(), minlength=k).float()
-        prior.append(counts / counts.sum())
-    return Subclasses(torch.stack(centroids), torch.stack(prior))
+    return Subclasses(torch.stack(centroids))

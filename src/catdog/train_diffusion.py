@@ -22,7 +22,9 @@ Run folder (``save_dir``)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +59,37 @@ def _cache_key(cfg: DiffusionTrainConfig, latent_hash: str) -> dict[str, Any]:
             "subclasses": cfg.unet.subclasses if cfg.unet.subclasses > 1 else None}  # fmt: skip
 
 
+def vgg_loader(cfg: DiffusionTrainConfig) -> Callable[[], torch.nn.Module]:
+    """VGG16's features for representation alignment and sub-classes: loaded on the first call
+    and only then, so a run that needs them for both the cache and the held-out sub-class labels
+    loads them once, and a run whose cache is already written does not load them for it."""
+
+    @functools.cache
+    def load() -> torch.nn.Module:
+        hint = ("turn representation alignment off with --repa-weight 0" if cfg.repa_weight > 0
+                else SUBCLASS_OFF_HINT)  # fmt: skip
+        vgg = load_vgg16_features(cfg.vgg_weights, off_hint=hint)
+        if not 0 <= cfg.repa_layer < len(vgg):
+            raise CatdogError(f"repa_layer must be in 0..{len(vgg) - 1} (a layer of "
+                              f"vgg16().features), got {cfg.repa_layer}")  # fmt: skip
+        return vgg
+
+    return load
+
+
 def load_or_cache_latents(
-    cfg: DiffusionTrainConfig, vae: torch.nn.Module, latent_hash: str, *, write: bool = True
+    cfg: DiffusionTrainConfig,
+    vae: torch.nn.Module,
+    latent_hash: str,
+    *,
+    write: bool = True,
+    vgg: Callable[[], torch.nn.Module] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The encoded training set: each image and its mirror, then ``crop_copies`` random crops of
     each (with their mirrors), cached in the run folder under a key of everything it depends on.
     With representation alignment on, the VGG16 features of the same images (fp16, rows as the
-    latents') come with them as ``features``."""
+    latents') come with them as ``features``; with sub-classes, each row's sub-class label and
+    the clusters' centroids. ``vgg`` is a ``vgg_loader`` to share with ``held_out_labels``."""
     path = Path(cfg.save_dir) / LATENTS
     key = _cache_key(cfg, latent_hash)
     if path.is_file():
@@ -94,13 +120,8 @@ def load_or_cache_latents(
         **key,
     }
     if cfg.repa_weight > 0 or cfg.unet.subclasses > 1:
-        hint = ("turn representation alignment off with --repa-weight 0" if cfg.repa_weight > 0
-                else SUBCLASS_OFF_HINT)  # fmt: skip
-        vgg = load_vgg16_features(cfg.vgg_weights, off_hint=hint)
-        if not 0 <= cfg.repa_layer < len(vgg):
-            raise CatdogError(f"repa_layer must be in 0..{len(vgg) - 1} (a layer of "
-                              f"vgg16().features), got {cfg.repa_layer}")  # fmt: skip
-        features = torch.cat([mirrored_feature_maps(vgg, images, cfg.repa_layer)
+        network = (vgg or vgg_loader(cfg))()
+        features = torch.cat([mirrored_feature_maps(network, images, cfg.repa_layer)
                               for images in copies])  # fmt: skip
         if cfg.repa_weight > 0:
             cached["features"] = features
@@ -110,7 +131,7 @@ def load_or_cache_latents(
                                    cfg.seed, cfg.unet.num_classes)  # fmt: skip
             fine = split.assign(pooled, data.labels.repeat(len(copies)))
             cached["subclass_labels"] = fine.view(len(copies), 1, -1).expand(-1, 2, -1).flatten()
-            cached["subclass_centroids"], cached["subclass_prior"] = split.centroids, split.prior
+            cached["subclass_centroids"] = split.centroids
     if write:
         checkpoint.atomic_write(path, lambda f: torch.save(cached, f))
     return cached
@@ -127,15 +148,17 @@ def mirrored_feature_maps(vgg: torch.nn.Module, images: torch.Tensor, layer: int
 
 
 def held_out_labels(
-    cfg: DiffusionTrainConfig, latents: dict[str, torch.Tensor], held_out: ImageSet
+    cfg: DiffusionTrainConfig,
+    latents: dict[str, torch.Tensor],
+    held_out: ImageSet,
+    vgg: Callable[[], torch.nn.Module] | None = None,
 ) -> torch.Tensor:
     """The labels the UNet embeds for held-out images: their classes, or with sub-classes each
     image's nearest cluster of its class (its VGG16 features and its mirror's, as in training)."""
     if cfg.unet.subclasses == 1:
         return held_out.labels
-    vgg = load_vgg16_features(cfg.vgg_weights, off_hint=SUBCLASS_OFF_HINT)
-    maps = mirrored_feature_maps(vgg, held_out.images, cfg.repa_layer)
-    split = subclasses.Subclasses(latents["subclass_centroids"], latents["subclass_prior"])
+    maps = mirrored_feature_maps((vgg or vgg_loader(cfg))(), held_out.images, cfg.repa_layer)
+    split = subclasses.Subclasses(latents["subclass_centroids"])
     return split.assign(subclasses.mirror_pooled(maps, len(held_out.images)), held_out.labels)
 
 
@@ -333,13 +356,17 @@ def train_on(
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     data_rng = torch.Generator().manual_seed(cfg.seed + 1)  # shared by all ranks, see above
-    latents = load_or_cache_latents(cfg, vae, vae_link["latent_sha256"], write=rt.is_main)
+    vgg = vgg_loader(cfg)
+    latents = load_or_cache_latents(cfg, vae, vae_link["latent_sha256"], write=rt.is_main, vgg=vgg)
+    n = len(latents["labels"])
+    originals = n // (2 + 2 * cfg.crop_copies)  # the first rows: unflipped, uncropped
     schedule = NoiseSchedule(cfg.schedule)
     unet = UNet(cfg.unet)
     train_labels = latents["labels"]  # what the UNet embeds: classes, or sub-classes
-    if cfg.unet.subclasses > 1:
+    if cfg.unet.subclasses > 1:  # sampling draws them as often as the photos fall in each
         train_labels = latents["subclass_labels"]
-        unet.class_embedder.subclass_prior.copy_(latents["subclass_prior"])
+        unet.class_embedder.subclass_prior.copy_(subclasses.frequencies(
+            train_labels[: 2 * originals], cfg.unet.num_classes, cfg.unet.subclasses))  # fmt: skip
     projector = None
     if cfg.repa_weight > 0:
         projector = FeatureProjector(
@@ -393,16 +420,14 @@ def train_on(
         return {"path": str(path.resolve()), "sha256": digest, "step": step,
                 "guidance": cfg.guide_guidance}  # fmt: skip
 
-    n = len(latents["labels"])
     tracked: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if rt.is_main:  # held-out latents (posterior means) and as many training ones, normalised
         val = balanced_subset(load_split(cfg.data, cfg.data.val_split), cfg.data.val_limit)
-        originals = n // (2 + 2 * cfg.crop_copies)  # the first rows: unflipped, uncropped
         pick_rng = torch.Generator().manual_seed(cfg.seed)
         pick = torch.randperm(originals, generator=pick_rng)[: len(val)]
         tracked = {
             "val": (vae.normalize_latent(encode_means(vae, val.images)),
-                    held_out_labels(cfg, latents, val)),
+                    held_out_labels(cfg, latents, val, vgg)),
             "train": (vae.normalize_latent(latents["mean"][pick]), train_labels[pick]),
         }  # fmt: skip
     accum = cfg.runtime.grad_accum
