@@ -292,74 +292,71 @@ def speed_section(out: list[str]) -> None:
     out.append("")
 
 
-def repa_step_section(out: list[str]) -> None:
-    title = "What representation alignment costs per training step (batch 128, interleaved)"
-    rows = section(out, title, "repa_step.jsonl")
+def variants_section(out: list[str], title: str, name: str, head: list[str], cells,
+                     caption: str = "", key: str = "results") -> None:  # fmt: skip
+    """A section of an interleaved bench: a table row per variant (``r[key]``'s items) of each
+    record, ``cells(r, variant, values)`` its cells, then ``caption`` and the records."""
+    rows = section(out, title, name)
     if not rows:
         return
-    table(out, ["date", "setting", "projector params", "ms/step (median)", "overhead"], [
-        [r["date"], name, f"{v['projector_params'] / 1e6:.2f} M", str(v["median_ms_per_step"]),
-         f"{v['overhead_pct']:+.1f} %"]
-        for r in rows for name, v in r["results"].items()
-    ])  # fmt: skip
-    out.append("\nRecords:\n")
+    table(out, head, [cells(r, k, v) for r in rows for k, v in r[key].items()])
+    out.append(f"\n{caption + ' ' if caption else ''}Records:\n")
     provenances(out, rows)
     out.append("")
+
+
+def repa_step_section(out: list[str]) -> None:
+    variants_section(
+        out, "What representation alignment costs per training step (batch 128, interleaved)",
+        "repa_step.jsonl",
+        ["date", "setting", "projector params", "ms/step (median)", "overhead"],
+        lambda r, name, v: [r["date"], name, f"{v['projector_params'] / 1e6:.2f} M",
+                            str(v["median_ms_per_step"]), f"{v['overhead_pct']:+.1f} %"],
+    )  # fmt: skip
 
 
 def diffusion_step_section(out: list[str]) -> None:
-    title = "Memory format and torch.compile for the diffusion training step (interleaved)"
-    rows = section(out, title, "diffusion_step.jsonl")
-    if not rows:
-        return
-    table(out, ["date", "UNet widths", "variant", "ms/step (median)", "against eager",
-                "warm-up (s)"], [
-        [r["date"], str(tuple(r["unet_config"]["channels"])), name,
-         str(v["median_ms_per_step"]), f"{v['vs_eager_pct']:+.1f} %", str(v["warmup_s"])]
-        for r in rows for name, v in r["results"].items()
-    ])  # fmt: skip
-    out.append("\nThe default UNet and batch 128 with REPA, as trained; warm-up is three steps "
-               "(with compilation where compiled). Records:\n")  # fmt: skip
-    provenances(out, rows)
-    out.append("")
+    variants_section(
+        out, "Memory format and torch.compile for the diffusion training step (interleaved)",
+        "diffusion_step.jsonl",
+        ["date", "UNet widths", "variant", "ms/step (median)", "against eager", "warm-up (s)"],
+        lambda r, name, v: [r["date"], str(tuple(r["unet_config"]["channels"])), name,
+                            str(v["median_ms_per_step"]), f"{v['vs_eager_pct']:+.1f} %",
+                            str(v["warmup_s"])],
+        "The default UNet and batch 128 with REPA, as trained; warm-up is three steps (with "
+        "compilation where compiled).",
+    )  # fmt: skip
 
 
 def sampling_format_section(out: list[str]) -> None:
-    title = "Memory format of the loaded networks for sampling (interleaved)"
-    rows = section(out, title, "sampling_format.jsonl")
-    if not rows:
-        return
-    table(out, ["date", "model", "format", "images/s", "time against the first",
-                "largest pixel difference"], [
-        [r["date"], r["model_path"], name, str(v["images_per_s"]), f"{v['vs_first_pct']:+.1f} %",
-         f"{r['max_pixel_diff']:.1e}"]
-        for r in rows for name, v in r["results"].items()
-    ])  # fmt: skip
-    out.append("\nThe whole default sampling pipeline (DPM-Solver++ 20 with the model's guide, "
-               "then the decoder) for one batch of images (64 unless the command says "
-               "otherwise), the UNet, guide and VAE in each memory format; the pixel difference "
-               "is between the two formats' images, in [-1, 1] units. Records:\n")  # fmt: skip
-    provenances(out, rows)
-    out.append("")
+    variants_section(
+        out, "Memory format of the loaded networks for sampling (interleaved)",
+        "sampling_format.jsonl",
+        ["date", "model", "format", "images/s", "time against the first",
+         "largest pixel difference"],
+        lambda r, name, v: [r["date"], r["model_path"], name, str(v["images_per_s"]),
+                            f"{v['vs_first_pct']:+.1f} %", f"{r['max_pixel_diff']:.1e}"],
+        "The whole default sampling pipeline (DPM-Solver++ 20 with the model's guide, then the "
+        "decoder) for one batch of images (64 unless the command says otherwise), the UNet, "
+        "guide and VAE in each memory format; the pixel difference is between the two formats' "
+        "images, in [-1, 1] units.",
+    )  # fmt: skip
 
 
 def unet_cost_section(out: list[str]) -> None:
-    title = "What a UNet change costs: training step and sampling pass (interleaved)"
-    rows = section(out, title, "unet_cost.jsonl")
-    if not rows:
-        return
-    table(out, ["date", "variant", "params", "train ms/step", "against the first",
-                "forward ms", "against the first"], [
-        [r["date"], name, f"{v['params'] / 1e6:.2f} M", str(v["train_ms_per_step"]),
-         f"{v['train_vs_first_pct']:+.1f} %", str(v["forward_ms"]),
-         f"{v['forward_vs_first_pct']:+.1f} %"]
-        for r in rows for name, v in r["unet_variants"].items()
-    ])  # fmt: skip
-    out.append("\nVariants of the default UNet: the training step at batch 128 with REPA, eager, "
-               "as trained; the forward pass without gradients on the sampling batch (a guided "
-               "step of 64 images is one such pass). Records:\n")  # fmt: skip
-    provenances(out, rows)
-    out.append("")
+    variants_section(
+        out, "What a UNet change costs: training step and sampling pass (interleaved)",
+        "unet_cost.jsonl",
+        ["date", "variant", "params", "train ms/step", "against the first", "forward ms",
+         "against the first"],
+        lambda r, name, v: [r["date"], name, f"{v['params'] / 1e6:.2f} M",
+                            str(v["train_ms_per_step"]), f"{v['train_vs_first_pct']:+.1f} %",
+                            str(v["forward_ms"]), f"{v['forward_vs_first_pct']:+.1f} %"],
+        "Variants of the default UNet: the training step at batch 128 with REPA, eager, as "
+        "trained; the forward pass without gradients on the sampling batch (a guided step of 64 "
+        "images is one such pass).",
+        key="unet_variants",
+    )  # fmt: skip
 
 
 def training_section(out: list[str]) -> None:
