@@ -430,6 +430,7 @@ def train_on(
                     held_out_labels(cfg, latents, val, vgg)),
             "train": (vae.normalize_latent(latents["mean"][pick]), train_labels[pick]),
         }  # fmt: skip
+    del vgg  # its last use: the loaded VGG16 (59 MB) is not kept through the training loop
     accum = cfg.runtime.grad_accum
     drop_last = rt.world_size * accum > 1  # every rank and micro-step gets an equal share
     started = time.monotonic()
