@@ -55,13 +55,23 @@ def test_original_main_py_trains_a_vae_end_to_end(tiny_data, vgg_weights, tmp_pa
     assert len(history) == 2 and "loss_vgg" in history[0] and "loss_adv" in history[1]
 
 
-def test_packaged_cli_resume_extends_a_run(tiny_data, tmp_path):
+def test_packaged_cli_resume_continues_and_extends_a_run(tiny_data, tmp_path):
     base = ["-m", "catdog", "train-vae", *TINY, "--data-dir", str(tiny_data), "--lambda-vgg", "0",
             "--save-dir", str(tmp_path)]  # fmt: skip
-    assert run_cli(*base, "--epochs", "1").returncode == 0
-    result = run_cli(*base, "--epochs", "2", "--resume")
+    final = tmp_path / "vae_gan_final.pt"
+    assert run_cli(*base, "--epochs", "2", "--stop-at-epoch", "1").returncode == 0
+    # The same command plus --resume finishes the run's own 2 epochs, not the preset's 80.
+    result = run_cli(*base, "--resume")
     assert result.returncode == 0, result.stderr
-    assert checkpoint.load(tmp_path / "vae_gan_final.pt", checkpoint.KIND_VAE)["epoch"] == 2
+    assert checkpoint.load(final, checkpoint.KIND_VAE)["epoch"] == 2
+    # A setting the run was not trained with is refused in one line, and nothing changes.
+    before = final.read_bytes()
+    assert_one_line_error(run_cli(*base, "--epochs", "3", "--lr", "5e-3", "--resume"),
+                          "lr 0.005 (the run's: 0.001)")  # fmt: skip
+    assert final.read_bytes() == before
+    result = run_cli(*base, "--epochs", "3", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert checkpoint.load(final, checkpoint.KIND_VAE)["epoch"] == 3
 
 
 def test_missing_data_directory(tmp_path):

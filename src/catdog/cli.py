@@ -259,7 +259,13 @@ def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
 def vae_config_from_args(args: argparse.Namespace) -> VAETrainConfig:
     """The preset, overridden by every flag the user set."""
     preset = args.preset or ("decoder" if args.finetune_decoder else "cpu")
-    base = to_dict(vae_preset(preset))
+    cfg = from_dict(VAETrainConfig, merge(to_dict(vae_preset(preset)), vae_overrides(args)))
+    _check_vae_config(cfg)
+    return cfg
+
+
+def vae_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields the user's flags set, as a nested dict (the rest keep the preset's)."""
     o: dict[str, Any] = {"data": {}, "model": {}, "losses": {t: {} for t in LOSS_TERMS}}
     for key in ("data_dir", "dataset", "train_split", "val_split", "val_limit", "color_jitter"):
         if getattr(args, key) is not None:
@@ -296,9 +302,7 @@ def vae_config_from_args(args: argparse.Namespace) -> VAETrainConfig:
         o["cache_vgg_targets"] = False
     o["progress"] = not args.no_progress
     o["runtime"] = runtime_overrides(args)
-    cfg = from_dict(VAETrainConfig, merge(base, o))
-    _check_vae_config(cfg)
-    return cfg
+    return o
 
 
 def _check_vae_config(cfg: VAETrainConfig) -> None:
@@ -322,7 +326,7 @@ def cmd_train_vae(args: argparse.Namespace) -> None:
     from .train_vae import train
 
     cfg = vae_config_from_args(args)
-    record = train(cfg, resume=args.resume)
+    record = train(cfg, resume=args.resume, given=vae_overrides(args))
     print(f"VAE run in {cfg.save_dir}: " + ", ".join(
         f"{k}={record[k]:.4g}" for k in ("epoch", "val_psnr", "probe_acc") if k in record
     ))  # fmt: skip
@@ -509,7 +513,27 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig:
+    """The preset, overridden by every flag the user set."""
     base = to_dict(diffusion_preset(args.preset))
+    cfg = from_dict(DiffusionTrainConfig, merge(base, diffusion_overrides(args)))
+    for name in ("epochs", "batch_size", "checkpoint_every", "sample_every"):
+        if getattr(cfg, name) <= 0:
+            raise CatdogError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}"
+            )
+    if cfg.schedule.num_timesteps <= 0:
+        raise CatdogError(f"--timesteps must be positive, got {cfg.schedule.num_timesteps}")
+    if not math.isfinite(cfg.schedule.logsnr_shift):
+        raise CatdogError(
+            f"--logsnr-shift must be a finite number, got {cfg.schedule.logsnr_shift}"
+        )
+    if cfg.guide_step < 0 or cfg.guide_guidance < 0:
+        raise CatdogError("--guide-step and --guide-guidance must be >= 0")
+    return cfg
+
+
+def diffusion_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields the user's flags set, as a nested dict (the rest keep the preset's)."""
     o: dict[str, Any] = {"data": {}, "unet": {}, "schedule": {}}
     for key in ("data_dir", "dataset", "train_split"):
         if getattr(args, key) is not None:
@@ -555,21 +579,7 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
             o[key] = getattr(args, key)
     o["progress"] = not args.no_progress
     o["runtime"] = runtime_overrides(args)
-    cfg = from_dict(DiffusionTrainConfig, merge(base, o))
-    for name in ("epochs", "batch_size", "checkpoint_every", "sample_every"):
-        if getattr(cfg, name) <= 0:
-            raise CatdogError(
-                f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}"
-            )
-    if cfg.schedule.num_timesteps <= 0:
-        raise CatdogError(f"--timesteps must be positive, got {cfg.schedule.num_timesteps}")
-    if not math.isfinite(cfg.schedule.logsnr_shift):
-        raise CatdogError(
-            f"--logsnr-shift must be a finite number, got {cfg.schedule.logsnr_shift}"
-        )
-    if cfg.guide_step < 0 or cfg.guide_guidance < 0:
-        raise CatdogError("--guide-step and --guide-guidance must be >= 0")
-    return cfg
+    return o
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -648,7 +658,7 @@ def cmd_train_diffusion(args: argparse.Namespace) -> None:
     from .train_diffusion import train
 
     cfg = diffusion_config_from_args(args)
-    record = train(cfg, resume=args.resume)
+    record = train(cfg, resume=args.resume, given=diffusion_overrides(args))
     print(
         f"diffusion run in {cfg.save_dir}: epoch={record.get('epoch')}, "
         f"loss={record.get('loss', float('nan')):.4g}"

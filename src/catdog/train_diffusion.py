@@ -284,12 +284,15 @@ class Denoiser(torch.nn.Module):
         return prediction, self.projector(features)
 
 
-def train(cfg: DiffusionTrainConfig, *, resume: bool = False) -> dict[str, Any]:
+def train(
+    cfg: DiffusionTrainConfig, *, resume: bool = False, given: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) a diffusion run; returns the last epoch's record.
 
-    Runs as one process, or as one rank of a ``torchrun`` job (see ``catdog.distributed``)."""
+    Runs as one process, or as one rank of a ``torchrun`` job (see ``catdog.distributed``).
+    ``given``: the settings the command line set, for ``runs.prepare_run`` on resume."""
     with distributed.running(cfg.runtime, cfg.batch_size) as rt:
-        return train_on(rt, cfg, resume)[0]
+        return train_on(rt, cfg, resume, given)[0]
 
 
 def learning_rate(
@@ -307,7 +310,10 @@ def learning_rate(
 
 
 def train_on(
-    rt: distributed.Runtime, cfg: DiffusionTrainConfig, resume: bool = False
+    rt: distributed.Runtime,
+    cfg: DiffusionTrainConfig,
+    resume: bool = False,
+    given: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     """``train`` on a given runtime; also returns this rank's trained UNet (live, not EMA)."""
     cfg, state = rt.from_main(
@@ -318,6 +324,7 @@ def train_on(
             final_name=FINAL,
             state_kind=checkpoint.KIND_DIFFUSION_TRAIN_STATE,
             what="diffusion",
+            given=given,
         )
     )
     if cfg.latent_sampling not in ("posterior", "mean"):

@@ -161,16 +161,22 @@ def _cache_vgg_targets(
     return [torch.cat(layer) for layer in zip(*chunks, strict=True)]
 
 
-def train(cfg: VAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
+def train(
+    cfg: VAETrainConfig, *, resume: bool = False, given: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) a VAE run; returns the last epoch's record.
 
-    Runs as one process, or as one rank of a ``torchrun`` job (see ``catdog.distributed``)."""
+    Runs as one process, or as one rank of a ``torchrun`` job (see ``catdog.distributed``).
+    ``given``: the settings the command line set, for ``runs.prepare_run`` on resume."""
     with distributed.running(cfg.runtime, cfg.batch_size) as rt:
-        return train_on(rt, cfg, resume)[0]
+        return train_on(rt, cfg, resume, given)[0]
 
 
 def train_on(
-    rt: distributed.Runtime, cfg: VAETrainConfig, resume: bool = False
+    rt: distributed.Runtime,
+    cfg: VAETrainConfig,
+    resume: bool = False,
+    given: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     """``train`` on a given runtime; also returns this rank's trained VAE."""
     cfg, state = rt.from_main(
@@ -181,6 +187,7 @@ def train_on(
             final_name=FINAL,
             state_kind=checkpoint.KIND_VAE_TRAIN_STATE,
             what="VAE",
+            given=given,
         )
     )
     save_dir = Path(cfg.save_dir)

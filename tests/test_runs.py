@@ -1,0 +1,66 @@
+"""Starting and resuming run folders: which settings a resumed run takes from the command line."""
+
+from dataclasses import replace
+
+import pytest
+
+from catdog.config import DiffusionTrainConfig, RuntimeConfig, VAETrainConfig
+from catdog.errors import CatdogError
+from catdog.runs import resumed_config
+
+SAVED = DiffusionTrainConfig(
+    vae_path="old/vae.pt", epochs=300, cooldown_epochs=50, lr=1e-3, save_dir="old_run"
+)
+
+
+def test_a_whole_config_from_python_sets_every_run_control_field():
+    cfg = replace(DiffusionTrainConfig(), epochs=700, cooldown_epochs=0, lr=5e-3, save_dir="here")
+    resumed = resumed_config(SAVED, cfg, given=None)
+    assert (resumed.epochs, resumed.cooldown_epochs, resumed.save_dir) == (700, 0, "here")
+    assert resumed.lr == 1e-3 and resumed.vae_path == "old/vae.pt"  # the rest is the saved run
+
+
+def test_a_plain_resume_keeps_the_saved_schedule_not_the_presets():
+    cfg = replace(DiffusionTrainConfig(), save_dir="moved", max_minutes=5.0, progress=False,
+                  runtime=RuntimeConfig(device="cpu"))  # fmt: skip
+    given = {"save_dir": "moved", "max_minutes": 5.0, "progress": False,
+             "runtime": {"device": "cpu"}}  # fmt: skip
+    resumed = resumed_config(SAVED, cfg, given)
+    assert cfg.epochs != 300 and cfg.cooldown_epochs != 50  # what the preset would have said
+    assert (resumed.epochs, resumed.cooldown_epochs) == (300, 50)
+    assert (resumed.save_dir, resumed.max_minutes, resumed.progress) == ("moved", 5.0, False)
+    assert resumed.runtime.device == "cpu"
+
+
+def test_given_epochs_and_cooldown_extend_the_run():
+    cfg = replace(DiffusionTrainConfig(), epochs=600, cooldown_epochs=100)
+    resumed = resumed_config(SAVED, cfg, {"epochs": 600, "cooldown_epochs": 100})
+    assert (resumed.epochs, resumed.cooldown_epochs) == (600, 100)
+
+
+def test_a_changed_setting_is_refused_not_dropped():
+    cfg = replace(DiffusionTrainConfig(), lr=2e-3)
+    with pytest.raises(CatdogError, match=r"lr 0\.002 \(the run's: 0\.001\)"):
+        resumed_config(SAVED, cfg, {"lr": 2e-3, "unet": {"channels": tuple(SAVED.unet.channels)}})
+    with pytest.raises(CatdogError, match=r"unet\.channels"):
+        resumed_config(SAVED, cfg, {"unet": {"channels": (8, 16)}})
+    # Repeating the run's own settings (the original command plus --resume) is fine.
+    same = {"lr": 1e-3, "vae_path": "old/vae.pt", "unet": {"channels": SAVED.unet.channels}}
+    assert resumed_config(SAVED, cfg, same).lr == 1e-3
+
+
+def test_moved_inputs_can_be_pointed_at_again():
+    given = {"vae_path": "new/vae.pt", "vgg_weights": "new/vgg.pth", "data": {"data_dir": "d2"}}
+    resumed = resumed_config(SAVED, DiffusionTrainConfig(), given)
+    assert (resumed.vae_path, resumed.vgg_weights, resumed.data.data_dir) == (
+        "new/vae.pt", "new/vgg.pth", "d2"
+    )  # fmt: skip
+    assert resumed.data.train_split == SAVED.data.train_split
+
+
+def test_the_vae_loss_schedule_is_fixed_on_resume():
+    saved = VAETrainConfig(epochs=20)
+    kept = resumed_config(saved, VAETrainConfig(epochs=80), {"losses": {"kl": {}}})
+    assert kept.epochs == 20  # nested empty overrides change nothing
+    with pytest.raises(CatdogError, match=r"losses\.vgg\.weight"):
+        resumed_config(saved, saved, {"losses": {"vgg": {"weight": 0.25}}})
