@@ -69,6 +69,14 @@ def test_missing_corrupt_truncated_and_wrong_kind(tmp_path):
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(CatdogError, match="not a catdog checkpoint"):
         checkpoint.load(other, checkpoint.KIND_VAE)
+    # Weights that do not fit their own config: one line naming the first mismatch.
+    record = checkpoint.load(good, checkpoint.KIND_VAE)
+    record["config"]["latent_channels"] += 1
+    mismatched = tmp_path / "mismatched.pt"
+    checkpoint.save(mismatched, checkpoint.KIND_VAE, record)
+    with pytest.raises(CatdogError, match="does not match its own config") as caught:
+        checkpoint.load_vae(mismatched)
+    assert "\n" not in str(caught.value) and "size mismatch" in str(caught.value)
 
 
 def test_loaded_networks_are_channels_last_and_draw_what_contiguous_ones_draw():

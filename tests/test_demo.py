@@ -7,7 +7,7 @@ from PIL import Image
 
 from catdog import checkpoint
 from catdog.generate import SHIPPED_MODEL
-from tests.conftest import run_cli
+from tests.conftest import assert_one_line_error, run_cli
 
 
 def test_shipped_weights_are_a_linked_fp16_pair_within_budget():
@@ -73,6 +73,13 @@ def test_demo_writes_both_classes_gifs_and_the_denoising_path(tmp_path):
             assert gif.n_frames > 10
     assert (tmp_path / "figures" / "denoising_path.png").stat().st_size > 10_000
     assert str(tmp_path / "cat" / "cat_grid.png") in result.stdout
+
+
+def test_a_missing_data_dir_stops_the_demo_before_it_writes(tmp_path):
+    out = tmp_path / "demo"
+    result = run_cli("-m", "catdog.demo", "--output", str(out), "--data-dir", str(tmp_path / "no"))
+    assert_one_line_error(result, "data directory not found")
+    assert not out.exists()
 
 
 def test_original_scripts_default_to_the_shipped_weights(tmp_path):

@@ -146,6 +146,26 @@ def test_model_and_images_together_is_refused(eval_cfg, tiny_pair, tiny_data):
         evaluate(eval_cfg(model_path=str(tiny_pair), images=str(tiny_data / "train")))
 
 
+def test_bad_outputs_and_settings_are_refused_before_any_work(eval_cfg, tiny_pair, tmp_path):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    cache_file = tmp_path / "cache_file"
+    cache_file.write_text("not a folder")
+    cases = [
+        ({"output": str(folder)}, "is a folder"),
+        ({"output": str(tmp_path / "e.png")}, "the JSON report"),
+        ({"kid_subsets": 0}, "--kid-subsets must be at least 1"),
+        ({"cache_dir": str(cache_file)}, "cannot write to output folder"),
+        ({"seed": -3}, "--seed must be in 0.."),
+        ({"guidance": float("nan")}, "--guidance must be a finite number"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(CatdogError, match=message):
+            evaluate(eval_cfg(model_path=str(tiny_pair), **kw))
+    assert list(folder.iterdir()) == [] and not (tmp_path / "e.png").exists()
+    assert not (tmp_path / "out" / "eval.json").exists()
+
+
 def test_mismatched_model_pair_and_missing_inception_are_one_line_errors(
     tiny_pair, tiny_data, tmp_path
 ):
@@ -162,6 +182,10 @@ def test_mismatched_model_pair_and_missing_inception_are_one_line_errors(
     assert_one_line_error(result, "does not match")
     result = run_cli(*common, "--inception-weights", str(tmp_path / "missing.pth"))
     assert_one_line_error(result, "Inception weights file not found")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(bytes(range(256)) * 64)
+    assert_one_line_error(run_cli(*common, "--inception-weights", str(junk)),
+                          "cannot load the FID Inception weights")  # fmt: skip
     assert not (tmp_path / "e.json").exists()
 
 

@@ -59,9 +59,14 @@ def test_ddpm_sampler_runs_all_steps(tiny_pair, tmp_path):
     [
         ({"class_name": "horse"}, "valid classes: cat, dog"),
         ({"num_samples": 0}, "--num_samples must be at least 1"),
-        ({"steps": 0}, "--steps must be in"),
+        ({"steps": 0}, "--steps must be at least 1"),
         ({"steps": 101}, "--steps must be in 1..100"),
         ({"sampler": "euler"}, "unknown sampler"),
+        ({"guidance": float("nan")}, "--guidance must be a finite number >= 0, got nan"),
+        ({"class_guidance": float("inf")}, "--class-guidance must be a finite number"),
+        ({"eta": -1.0}, "--eta must be a finite number >= 0"),
+        ({"seed": -1}, "--seed must be in 0..4294967286 for 10 images"),
+        ({"seed": 2**32}, "--seed must be in 0.."),  # torch keeps 32 bits: it would repeat seed 0
     ],
 )
 def test_bad_requests_are_clear_errors(tiny_pair, tmp_path, overrides, message):
@@ -208,7 +213,7 @@ def test_class_guidance_changes_autoguided_samples_and_needs_a_guide(tiny_pair, 
     assert not torch.allclose(latents[1.0], latents[3.0])
     with pytest.raises(CatdogError, match="no guide"):
         generate(cfg_for(tiny_pair, tmp_path / "n", guide_path="none", class_guidance=3.0))
-    with pytest.raises(CatdogError, match="--class-guidance must be >= 0"):
+    with pytest.raises(CatdogError, match="--class-guidance must be a finite number >= 0"):
         generate(cfg_for(tiny_pair, tmp_path / "m", class_guidance=-1.0, **kw))
     assert not (tmp_path / "n").exists() and not (tmp_path / "m").exists()
 

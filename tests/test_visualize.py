@@ -1,12 +1,14 @@
+import pytest
 import torch
 from PIL import Image
 
 from catdog import checkpoint
 from catdog.config import ScheduleConfig, UNetConfig
-from catdog.diffusion import NoiseSchedule
+from catdog.diffusion import NoiseSchedule, guided_output
+from catdog.errors import CatdogError
 from catdog.generate import sample_latents
 from catdog.models.unet import UNet
-from catdog.visualize import load_gif_frames, make_figures, reverse_trajectory
+from catdog.visualize import load_gif_frames, make_figures, panel_title, reverse_trajectory
 
 
 def test_reverse_trajectory_records_every_step(tiny_pair):
@@ -16,6 +18,34 @@ def test_reverse_trajectory_records_every_step(tiny_pair):
     assert xs.shape == (7, 2, 8, 8) and x0s.shape == (6, 2, 8, 8)
     torch_equal = (xs[-1] - x0s[-1]).abs().max().item()
     assert torch_equal < 1e-5  # the last step lands on its own x0 prediction
+
+
+def test_each_panel_names_the_timestep_it_shows(tiny_pair):
+    unet, schedule, _ = checkpoint.load_diffusion(tiny_pair)
+    ts, xs, x0s = reverse_trajectory(unet, schedule, label=0, seed=1, steps=4, guidance=1.0)
+    for i in range(4):
+        # The predicted x0 of step i is the model's prediction from the latent at ts[i] ...
+        t = torch.tensor([ts[i]])
+        output = guided_output(unet, xs[i][None], t, torch.tensor([0]), 1.0, unet.null_label)
+        torch.testing.assert_close(schedule.predict_x0_eps(output, xs[i][None], t)[0][0], x0s[i])
+        assert panel_title("cat", "x0", i, ts).endswith(f"step {i + 1}, from t={ts[i]}")
+        # ... and the step leaves the latent at ts[i + 1].
+        assert panel_title("cat", "xt", i, ts).endswith(f"step {i + 1}, t={ts[i + 1]}")
+    assert ts[0] == schedule.num_timesteps  # the first prediction is from pure noise
+
+
+def test_bad_figure_requests_are_clear_errors_and_write_nothing(tiny_pair, tmp_path):
+    out = tmp_path / "figures"
+    for kwargs, message in (({"steps": 0}, "--steps must be at least 1"),
+                            ({"steps": 101}, "--steps must be in 1..100"),
+                            ({"guidance": float("nan")}, "--guidance must be a finite number"),
+                            ({"seed": -1}, "--seed must be in 0..")):  # fmt: skip
+        with pytest.raises(CatdogError, match=message):
+            make_figures(str(tiny_pair), out, real_images=False, **kwargs)
+    assert not out.exists()
+    out.write_text("a file")
+    with pytest.raises(CatdogError, match="is a file"):
+        make_figures(str(tiny_pair), out, real_images=False)
 
 
 def test_a_trajectory_of_a_subclass_model_is_the_sample_of_its_seed():

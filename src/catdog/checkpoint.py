@@ -118,6 +118,14 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
     return meta
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (an error here is one line), cut at ``limit``
+    characters, else its type."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = text or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     """Load a checkpoint of the given kind, or raise a one-line ``CatdogError`` saying why not.
 
@@ -131,8 +139,8 @@ def load(path: str | os.PathLike, kind: str) -> dict[str, Any]:
         else:
             record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, random bytes, ...
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CatdogError(f"checkpoint {path} is corrupt or truncated ({reason[:200]})") from None
+        reason = one_line(exc, 200)
+        raise CatdogError(f"checkpoint {path} is corrupt or truncated ({reason})") from None
     if not isinstance(record, dict) or "kind" not in record:
         raise CatdogError(f"{path} is not a catdog checkpoint")
     if record["kind"] != kind:
@@ -178,7 +186,9 @@ def load_vae(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
         vae = VAE(from_dict(VAEConfig, record["config"]))
         vae.load_state_dict(record["state_dict"])
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise CatdogError(f"VAE checkpoint {path} does not match its own config ({exc})") from None
+        raise CatdogError(
+            f"VAE checkpoint {path} does not match its own config ({one_line(exc)})"
+        ) from None
     return vae.eval().to(memory_format=INFERENCE_MEMORY_FORMAT), record
 
 
@@ -250,7 +260,7 @@ def load_diffusion(path: str | os.PathLike) -> tuple[torch.nn.Module, Any, dict[
         schedule = NoiseSchedule(from_dict(ScheduleConfig, record["schedule_config"]))
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise CatdogError(
-            f"diffusion checkpoint {path} does not match its config ({exc})"
+            f"diffusion checkpoint {path} does not match its config ({one_line(exc)})"
         ) from None
     return unet.eval().to(memory_format=INFERENCE_MEMORY_FORMAT), schedule, record
 

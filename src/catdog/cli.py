@@ -693,8 +693,9 @@ def cmd_visualize(args: argparse.Namespace) -> None:
 
     paths = make_figures(
         args.model_path, args.output or "./figures",
-        vae_path=args.vae_path, data_dir=args.data_dir, steps=args.steps or 50,
-        guidance=args.guidance, guide_path=args.guide_path, seed=args.seed or 0,
+        vae_path=args.vae_path, data_dir=args.data_dir,
+        steps=50 if args.steps is None else args.steps, guidance=args.guidance,
+        guide_path=args.guide_path, seed=0 if args.seed is None else args.seed,
     )  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in paths))
 
@@ -823,11 +824,11 @@ def cmd_fit_selector(args: argparse.Namespace) -> None:
     from . import selector
     from .config import DataConfig
     from .data import load_split
-    from .generate import _check_writable
+    from .generate import check_output_file
     from .losses import load_vgg16_features
 
     output = Path(args.output)
-    _check_writable(output.parent)
+    check_output_file(output)
     data = load_split(DataConfig(data_dir=args.data_dir, dataset=args.dataset,
                                  image_size=args.image_size), args.split)  # fmt: skip
     vgg = load_vgg16_features(args.vgg_weights, off_hint="a selector needs them")

@@ -39,11 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     start = time.monotonic()
     try:
-        written = {}
-        for name in CLASS_NAMES:
-            cfg = GenerateConfig(class_name=name, num_samples=args.num_samples, seed=args.seed,
-                                 output=str(out / name), progress=False)  # fmt: skip
-            written[name] = generate(cfg)[0]
+        # The figures first: they read --data-dir, so a bad one stops the demo before it writes.
         figures = make_figures(
             None,
             out / "figures",
@@ -52,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             samples_per_class=0,
             real_images=args.data_dir is not None,
         )
+        written = {}
+        for name in CLASS_NAMES:
+            cfg = GenerateConfig(class_name=name, num_samples=args.num_samples, seed=args.seed,
+                                 output=str(out / name), progress=False)  # fmt: skip
+            written[name] = generate(cfg)[0]
     except CatdogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

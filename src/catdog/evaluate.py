@@ -43,6 +43,7 @@ from .generate import _check as check_sampling
 from .generate import (
     _check_writable,
     check_class_guidance,
+    check_output_file,
     load_selector,
     resolve_model_path,
     sample_images,
@@ -154,8 +155,9 @@ def _check_counts(data: ImageSet, what: str) -> None:
 def _load_model(cfg: EvaluateConfig) -> tuple[Any, ...]:
     """The model, its schedule, VAE, guide and selector (None unless ``cfg.select`` > 1); sets
     ``cfg.guidance`` to the scale in use."""
-    request = GenerateConfig(num_samples=cfg.num_per_class, sampler=cfg.sampler, steps=cfg.steps,
-                             guidance=cfg.guidance, class_guidance=cfg.class_guidance,
+    request = GenerateConfig(num_samples=len(CLASS_NAMES) * cfg.num_per_class,
+                             sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
+                             class_guidance=cfg.class_guidance, seed=cfg.seed,
                              batch_size=cfg.batch_size, select=cfg.select)  # fmt: skip
     check_sampling(request)
     unet, schedule, record = checkpoint.load_diffusion(cfg.model_path)
@@ -207,6 +209,8 @@ def evaluate(cfg: EvaluateConfig, extractor: FeatureExtractor | None = None) -> 
         cfg.model_path = resolve_model_path(cfg.model_path)  # default: the shipped weights
     if cfg.num_per_class < 2:
         raise CatdogError(f"--num-per-class must be at least 2, got {cfg.num_per_class}")
+    if cfg.kid_subsets < 1:
+        raise CatdogError(f"--kid-subsets must be at least 1, got {cfg.kid_subsets}")
     if not 0 < cfg.memorisation_quantile < 1:
         raise CatdogError("--memorisation-quantile must be between 0 and 1")
     vae = None
@@ -214,7 +218,12 @@ def evaluate(cfg: EvaluateConfig, extractor: FeatureExtractor | None = None) -> 
         unet, schedule, vae, vae_path, guide, class_selector = _load_model(cfg)
         cfg.data.image_size = vae.cfg.image_size
     output = Path(cfg.output)
-    _check_writable(output.parent)
+    if output.suffix in (".png", ".md"):
+        raise CatdogError(f"--output {output} is the JSON report, and its .png grid and .md table "
+                          "are written beside it: give it another suffix (.json)")  # fmt: skip
+    check_output_file(output)
+    if cfg.cache_dir is not None:
+        _check_writable(Path(os.path.expanduser(cfg.cache_dir)))
     reference = load_split(cfg.data, cfg.reference_split)
     train = load_split(cfg.data, cfg.train_split)
     _check_counts(reference, f"reference split {reference.source}")

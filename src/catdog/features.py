@@ -43,11 +43,11 @@ class InceptionPool3(FeatureExtractor):
                 ["2048"],
                 feature_extractor_weights_path=None if weights_path is None else str(weights_path),
             )
-        except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
+        except Exception as exc:  # URLError is an OSError; a corrupt file, UnpicklingError etc.
             where = f"file {weights_path}" if weights_path else "torch-fidelity's download"
             raise CatdogError(
                 f"cannot load the FID Inception weights from {where} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); offline, pass "
+                f"{checkpoint.one_line(exc, 200)}); offline, pass "
                 f"--inception-weights FILE or set {INCEPTION_ENV} to "
                 "weights-inception-2015-12-05-6726825d.pth"
             ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,13 +106,36 @@ def _check(cfg: GenerateConfig, num_timesteps: int | None = None) -> None:
     if cfg.batch_size <= 0:
         raise CatdogError(f"--batch_size must be at least 1, got {cfg.batch_size}")
     selector.check_select(cfg.select)
-    if cfg.guidance is not None and cfg.guidance < 0:
-        raise CatdogError(f"--guidance must be >= 0, got {cfg.guidance}")
-    if cfg.class_guidance < 0:
-        raise CatdogError(f"--class-guidance must be >= 0, got {cfg.class_guidance}")
-    if cfg.steps <= 0 or (num_timesteps is not None and cfg.steps > num_timesteps):
-        limit = f"1..{num_timesteps}" if num_timesteps else "at least 1"
-        raise CatdogError(f"--steps must be in {limit}, got {cfg.steps}")
+    check_seed(cfg.seed, cfg.num_samples, cfg.select)
+    check_scales(guidance=cfg.guidance, class_guidance=cfg.class_guidance, eta=cfg.eta)
+    check_steps(cfg.steps, num_timesteps)
+
+
+def check_steps(steps: int, num_timesteps: int | None = None) -> None:
+    if steps <= 0 or (num_timesteps is not None and steps > num_timesteps):
+        limit = f"in 1..{num_timesteps}" if num_timesteps else "at least 1"
+        raise CatdogError(f"--steps must be {limit}, got {steps}")
+
+
+def check_scales(**scales: float | None) -> None:
+    """Guidance scales and DDIM's eta: finite and >= 0 (None: the model's default)."""
+    for name, value in scales.items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise CatdogError(
+                f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}"
+            )
+
+
+def check_seed(seed: int, count: int, select: int = 1) -> None:
+    """Image i uses seed + i (candidate j of it, seed + i + j * 2^24): every one must be a
+    distinct seed for torch's generator, which keeps only the low 32 bits."""
+    top = 2**32 - count - (select - 1) * selector.CANDIDATE_STRIDE
+    if not 0 <= seed <= top:
+        raise CatdogError(
+            f"--seed must be in 0..{top} for {count} images"
+            + (f" with --select {select}" if select > 1 else "")
+            + f", got {seed}"
+        )
 
 
 def check_class_guidance(class_guidance: float, guide: torch.nn.Module | None) -> None:
@@ -164,6 +188,13 @@ def _check_writable(folder: Path) -> None:
         raise CatdogError(
             f"cannot write to output folder {folder}: {exc.strerror or exc}"
         ) from None
+
+
+def check_output_file(path: Path) -> None:
+    """A file about to be written: not an existing folder, and its folder writable."""
+    if path.is_dir():
+        raise CatdogError(f"output {path} is a folder; give a file name")
+    _check_writable(path.parent)
 
 
 def generate(cfg: GenerateConfig) -> list[Path]:

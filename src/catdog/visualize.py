@@ -85,6 +85,14 @@ class LatentMap:
                 "labels": self.labels}  # fmt: skip
 
 
+def panel_title(name: str, show: str, i: int, ts: list[int]) -> str:
+    """The caption of step ``i`` (0-based) of a ``reverse_trajectory``: its x0 was predicted
+    from the latent at ``ts[i]``, and the step leaves the latent at ``ts[i + 1]``."""
+    if show == "x0":
+        return f"{name}: predicted x0\nstep {i + 1}, from t={ts[i]}"
+    return f"{name}: current x_t\nstep {i + 1}, t={ts[i + 1]}"
+
+
 def save_denoising_path(
     path: str | os.PathLike,
     unet: torch.nn.Module,
@@ -111,12 +119,7 @@ def save_denoising_path(
         picks = np.linspace(0, steps - 1, shown).round().astype(int)
         for col, i in enumerate(picks):
             image = decode_latents(vae, (x0s[i] if show == "x0" else xs[i + 1])[None])[0]
-            label = "predicted x0" if show == "x0" else "current x_t"
-            _show(
-                fig.add_subplot(grid[row, col]),
-                image,
-                f"{name}: {label}\nstep {i + 1}, t={ts[i + 1]}",
-            )
+            _show(fig.add_subplot(grid[row, col]), image, panel_title(name, show, i, ts))
         ax = fig.add_subplot(grid[row, shown:])
         for label_id, class_name in enumerate(CLASS_NAMES):
             pts = cloud[real_labels.numpy() == label_id]
@@ -234,12 +237,26 @@ def make_figures(
     from .config import DataConfig, from_dict
     from .data import balanced_subset, load_split
     from .errors import CatdogError
-    from .generate import resolve_model_path, sample_latents
+    from .generate import (
+        _check_writable,
+        check_scales,
+        check_seed,
+        check_steps,
+        resolve_model_path,
+        sample_latents,
+    )
     from .train_vae import encode_means
     from .viz import image_grid, save_png
 
+    check_steps(steps)
+    check_scales(guidance=guidance)
+    check_seed(seed, max(samples_per_class, len(CLASS_NAMES), comparisons))
+    out = Path(output)
+    if out.is_file():
+        raise CatdogError(f"output {out} is a file; give a folder for the figures")
     model_path = resolve_model_path(model_path)
     unet, schedule, record = checkpoint.load_diffusion(model_path)
+    check_steps(steps, schedule.num_timesteps)
     vae, _ = checkpoint.find_vae(model_path, record, vae_path)
     guide, link = checkpoint.find_guide(model_path, record, guide_path)
     guidance = checkpoint.resolve_guidance(guidance, link)
@@ -260,8 +277,7 @@ def make_figures(
                   "and skipping the comparison figure")  # fmt: skip
     if test is None:
         latent_map = LatentMap(**record["latent_map"])
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_writable(out)  # after the data: a missing data folder leaves nothing behind
     written = [out / "denoising_path.png"]
     save_denoising_path(written[0], unet, vae, schedule, latent_map, seed=seed, steps=steps,
                         guidance=guidance, guide=guide)  # fmt: skip
