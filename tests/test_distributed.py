@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from catdog.config import LossTerm, RuntimeConfig, to_dict, vae_preset
-from catdog.distributed import Runtime, amp_dtype, check_batch, effective_lr, select_device
+from catdog.distributed import (
+    Runtime,
+    amp_dtype,
+    check_batch,
+    effective_lr,
+    epoch_batches,
+    select_device,
+)
 from catdog.errors import CatdogError
 from tests.conftest import ROOT, assert_one_line_error, run_cli, tiny_diffusion_cfg
 
@@ -139,3 +146,14 @@ def test_diffusion_stage_on_two_ranks_matches_one_process(tiny_data, tiny_vae, t
     straight, again = (torch.load(d / "rank0.pt") for d in (tmp_path / "double", resumed))
     for k in straight:
         torch.testing.assert_close(again[k], straight[k], atol=WEIGHT_ATOL, rtol=0)
+
+
+def test_epoch_batches_shuffle_and_keep_only_whole_batches_when_shared():
+    kept = epoch_batches(10, 4, torch.Generator().manual_seed(0), drop_last=False)
+    assert [len(b) for b in kept] == [4, 4, 2]
+    assert sorted(torch.cat(kept).tolist()) == list(range(10))
+    dropped = epoch_batches(10, 4, torch.Generator().manual_seed(0), drop_last=True)
+    assert [b.tolist() for b in dropped] == [b.tolist() for b in kept[:2]]
+    with pytest.raises(CatdogError, match="3 training examples are fewer than one batch of 4"):
+        epoch_batches(3, 4, torch.Generator().manual_seed(0), drop_last=True)
+    assert len(epoch_batches(3, 4, torch.Generator().manual_seed(0), drop_last=False)) == 1

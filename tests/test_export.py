@@ -127,6 +127,16 @@ def test_export_refuses_a_guide_that_does_not_belong(tiny_pair, tiny_vae, tmp_pa
     assert not (tmp_path / "y").exists()
 
 
+def test_a_missing_data_folder_leaves_an_earlier_export_whole(tiny_pair, tmp_path):
+    out = tmp_path / "weights"
+    export_pair(tiny_pair, out)
+    before = {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir()}
+    with pytest.raises(CatdogError, match="data directory not found"):
+        export_pair(tiny_pair, out, data_dir=str(tmp_path / "moved"))
+    # Not rewritten at all (an atomic write would give the file a new inode).
+    assert {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir()} == before
+
+
 def test_export_ships_the_guide_training_recorded(tiny_data, tiny_vae, tmp_path):
     from catdog.train_diffusion import FINAL, train
     from tests.conftest import tiny_diffusion_cfg

@@ -26,7 +26,7 @@ from catdog.train_diffusion import (
     train,
 )
 from catdog.train_vae import encode_training_set
-from tests.conftest import resave, tiny_diffusion_cfg
+from tests.conftest import resave, tiny_diffusion_cfg, write_image_folder
 
 
 def test_training_writes_an_ema_checkpoint_linked_to_its_vae(tiny_data, tiny_vae, tiny_pair):
@@ -77,6 +77,15 @@ def test_crop_copies_add_cropped_latents_and_key_the_cache(tiny_data, tiny_vae, 
     again = load_or_cache_latents(cfg, vae, key)
     assert not torch.equal(again["mean"][48:], cached["mean"][48:])
     assert torch.equal(load_or_cache_latents(cfg, vae, key)["mean"], again["mean"])
+    # Nor do other photos (a run that died before its first checkpoint, started again on other
+    # data), and a cut cache file is encoded again rather than an error.
+    cfg.data.data_dir = str(write_image_folder(tmp_path / "other", {"train": 12}, size=16, seed=5))
+    other = load_or_cache_latents(cfg, vae, key)
+    assert other["mean"].shape == again["mean"].shape and not torch.equal(
+        other["mean"], again["mean"]
+    )
+    (tmp_path / LATENTS).write_bytes(b"PK\x03\x04 cut")
+    assert torch.equal(load_or_cache_latents(cfg, vae, key)["mean"], other["mean"])
     cfg.crop_copies = -1
     with pytest.raises(CatdogError, match="crop_copies"):
         load_or_cache_latents(cfg, vae, key)
@@ -104,6 +113,14 @@ def test_denoising_error_is_zero_for_an_oracle_and_not_for_a_guess():
     assert denoising_error(guess, schedule, x0, labels, seed=1) != denoising_error(
         guess, schedule, x0, labels, seed=2
     )
+
+
+def test_the_held_out_split_is_never_trained_on(tiny_data, tiny_vae, tmp_path):
+    cfg = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, epochs=1)
+    cfg.data.train_split = "test"
+    with pytest.raises(CatdogError, match="contains the held-out split test"):
+        train(cfg)
+    assert not (tmp_path / LATENTS).exists()
 
 
 def test_resume_continues_exactly(tiny_data, tiny_vae, tmp_path):

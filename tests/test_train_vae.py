@@ -13,7 +13,7 @@ from PIL import Image
 
 from catdog import checkpoint
 from catdog.config import LossTerm, vae_preset
-from catdog.data import load_folder, to_float
+from catdog.data import ImageSet, load_folder, to_float
 from catdog.errors import CatdogError
 from catdog.losses import PerceptualLoss, load_vgg16_features
 from catdog.train_vae import (
@@ -23,6 +23,7 @@ from catdog.train_vae import (
     _cache_vgg_targets,
     _decoder_input,
     encode_training_set,
+    evaluate,
     train,
 )
 from tests.conftest import ROOT, tiny_decoder_cfg
@@ -75,6 +76,26 @@ def test_latent_stats_are_those_of_the_training_set(tiny_data, tmp_path):
         means = vae.encode(to_float(images))[0]
     assert torch.allclose(vae.latent_mean, means.mean(dim=(0, 2, 3)), atol=1e-5)
     assert torch.allclose(vae.latent_std, means.std(dim=(0, 2, 3)), atol=1e-5)
+
+
+def test_the_probe_is_fitted_on_labelled_training_images_only(tiny_data, tiny_vae):
+    vae, _ = checkpoint.load_vae(tiny_vae)
+    train_set, val = load_folder(tiny_data, "train", 16), load_folder(tiny_data, "test", 16)
+    labelled = evaluate(vae, train_set, val, seed=0)[0]
+    unknown = torch.full_like(train_set.labels, -1)  # as STL-10's unlabeled split
+    alone = evaluate(vae, ImageSet(train_set.images, unknown, "unlabeled"), val, seed=0)[0]
+    assert "probe_acc" not in alone and alone["val_psnr"] == labelled["val_psnr"]
+    mixed = ImageSet(torch.cat([train_set.images, train_set.images.flip(-1)]),
+                     torch.cat([train_set.labels, unknown]), "train+unlabeled")  # fmt: skip
+    assert evaluate(vae, mixed, val, seed=0)[0]["probe_acc"] == labelled["probe_acc"]
+
+
+def test_the_held_out_split_is_never_trained_on(tiny_data, tmp_path):
+    cfg = tiny_cfg(tiny_data, tmp_path, epochs=1)
+    cfg.data.train_split = "train+test"
+    with pytest.raises(CatdogError, match="contains the held-out split test"):
+        train(cfg)
+    assert not (tmp_path / STATE).exists()
 
 
 def test_resume_continues_exactly(tiny_data, tmp_path):

@@ -90,6 +90,17 @@ def resolve_kind(cfg: DataConfig) -> str:
     )
 
 
+def check_held_out(train_split: str, val_split: str) -> None:
+    """The held-out split picks checkpoints and tracks quality: it must not be trained on."""
+    shared = set(train_split.split("+")) & set(val_split.split("+"))
+    if shared:
+        raise CatdogError(
+            f"--train-split {train_split} contains the held-out split {val_split} "
+            f"({'+'.join(sorted(shared))}), which is never trained on; choose another training "
+            "split (the VAE's --val-split picks the held-out one)"
+        )
+
+
 def load_split(cfg: DataConfig, split: str) -> ImageSet:
     """Load one split (``train``, ``test``, ``train+test``, ...) at ``cfg.image_size``."""
     kind = resolve_kind(cfg)

@@ -179,6 +179,23 @@ def check_batch(global_batch: int, world_size: int, accum: int) -> None:
         )
 
 
+def epoch_batches(
+    n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool
+) -> list[torch.Tensor]:
+    """One epoch's shuffled index batches. With ``drop_last`` (several ranks or micro-steps,
+    which need whole batches) a short last batch is dropped, and a training set smaller than
+    one batch, which would leave the epoch empty, is an error."""
+    if drop_last and n < batch_size:
+        raise CatdogError(
+            f"{n} training examples are fewer than one batch of {batch_size}, and several "
+            "ranks or --grad-accum need whole batches; choose a smaller --batch-size"
+        )
+    batches = list(torch.randperm(n, generator=generator).split(batch_size))
+    if drop_last and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
 def effective_lr(cfg: RuntimeConfig, lr: float, global_batch: int) -> float:
     """The learning rate after the chosen scaling rule for the global batch."""
     ratio = global_batch / cfg.lr_base_batch

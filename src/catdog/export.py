@@ -38,15 +38,17 @@ def export_pair(
     if guide is None and guidance is not None:
         raise CatdogError("a guidance scale is recorded with a guide, and this export has none")
     vae_record = checkpoint.load(vae_path, checkpoint.KIND_VAE)
+    data_cfg = from_dict(DataConfig, record["train_config"]["data"])
+    if data_dir is not None:
+        data_cfg.data_dir = data_dir
+    data_cfg.image_size = vae.cfg.image_size
+    # The data before any file: a missing data folder must not leave a new VAE beside an old
+    # export's diffusion file.
+    held_out = balanced_subset(load_split(data_cfg, data_cfg.val_split), 400)
     out = Path(out_dir)
     vae_file, diffusion_file = out / VAE_FILE, out / DIFFUSION_FILE
     checkpoint.save_safetensors(vae_file, checkpoint.KIND_VAE, checkpoint.payload_of(vae_record))
     shipped_vae, _ = checkpoint.load_vae(vae_file)
-    data_cfg = from_dict(DataConfig, record["train_config"]["data"])
-    if data_dir is not None:
-        data_cfg.data_dir = data_dir
-    data_cfg.image_size = shipped_vae.cfg.image_size
-    held_out = balanced_subset(load_split(data_cfg, data_cfg.val_split), 400)
     latent_map = LatentMap.fit(
         shipped_vae.normalize_latent(encode_means(shipped_vae, held_out.images)), held_out.labels
     )

@@ -34,7 +34,14 @@ from tqdm.auto import tqdm
 
 from . import augment, checkpoint, distributed, subclasses, viz
 from .config import DiffusionTrainConfig, to_dict
-from .data import ImageSet, balanced_subset, load_split, random_resized_crops, to_float
+from .data import (
+    ImageSet,
+    balanced_subset,
+    check_held_out,
+    load_split,
+    random_resized_crops,
+    to_float,
+)
 from .diffusion import NoiseSchedule, self_conditioned
 from .ema import EMA
 from .errors import CatdogError
@@ -52,8 +59,9 @@ CURVE_KEYS = ["loss", "loss_repa", "train_x0_mse", "val_x0_mse", "latents_per_s"
 
 def _cache_key(cfg: DiffusionTrainConfig, latent_hash: str) -> dict[str, Any]:
     return {"vae_latent_sha256": latent_hash, "split": cfg.data.train_split,
+            "data_dir": str(cfg.data.data_dir), "dataset": cfg.data.dataset,
             "crop_copies": cfg.crop_copies, "crop_min_scale": cfg.crop_min_scale,
-            "seed": cfg.seed,
+            "seed": cfg.seed, "with_features": cfg.repa_weight > 0,
             "repa_layer": cfg.repa_layer if cfg.repa_weight > 0 or cfg.unet.subclasses > 1
                           else None,
             "subclasses": cfg.unet.subclasses if cfg.unet.subclasses > 1 else None}  # fmt: skip
@@ -93,7 +101,10 @@ def load_or_cache_latents(
     path = Path(cfg.save_dir) / LATENTS
     key = _cache_key(cfg, latent_hash)
     if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a cut or foreign file is a cache miss: encode again
+            cached = {}
         if all(cached.get(k) == v for k, v in key.items()):
             return cached
     if cfg.crop_copies < 0 or not 0 < cfg.crop_min_scale <= 1:
@@ -327,6 +338,7 @@ def train_on(
             given=given,
         )
     )
+    check_held_out(cfg.data.train_split, cfg.data.val_split)
     if cfg.latent_sampling not in ("posterior", "mean"):
         raise CatdogError(f"latent_sampling must be posterior or mean, not {cfg.latent_sampling!r}")
     if cfg.repa_weight < 0:
@@ -445,10 +457,7 @@ def train_on(
     unet.train()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         epoch_start, loss_sum, repa_sum, seen, repa_seen = time.monotonic(), 0.0, 0.0, 0, 0
-        perm = torch.randperm(n, generator=data_rng)
-        batches = list(perm.split(cfg.batch_size))
-        if drop_last and len(batches[-1]) < cfg.batch_size:
-            batches.pop()
+        batches = distributed.epoch_batches(n, cfg.batch_size, data_rng, drop_last=drop_last)
         for i, index in enumerate(tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                                        disable=not (cfg.progress and rt.is_main))):  # fmt: skip
             lr = learning_rate(cfg, base_lr, step, epoch - 1 + i / len(batches))

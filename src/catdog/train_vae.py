@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, distributed, viz
 from .config import VAETrainConfig, to_dict
-from .data import ImageSet, augment, balanced_subset, load_split, to_float
+from .data import ImageSet, augment, balanced_subset, check_held_out, load_split, to_float
 from .errors import CatdogError
 from .losses import (
     PerceptualLoss,
@@ -86,17 +86,20 @@ def encode_training_set(vae: torch.nn.Module, images: torch.Tensor) -> tuple[tor
 
 @torch.no_grad()
 def evaluate(vae: VAE, train: ImageSet, val: ImageSet, seed: int) -> tuple[dict[str, float], Any]:
-    """Held-out PSNR (decoding posterior means), linear-probe accuracy, and training-set means."""
+    """Held-out PSNR (decoding posterior means), linear-probe accuracy (fitted on the labelled
+    training images; absent without both classes), and training-set means."""
     was_training = vae.training
     vae.eval()
     train_means = encode_means(vae, train.images)
     val_means = encode_means(vae, val.images)
     device = next(vae.parameters()).device
     recon = torch.cat([vae.decode(m.to(device)).cpu() for m in val_means.split(256)])
-    result = {
-        "val_psnr": psnr(recon, to_float(val.images)).mean().item(),
-        "probe_acc": linear_probe_accuracy(train_means, train.labels, val_means, val.labels, seed),
-    }
+    result = {"val_psnr": psnr(recon, to_float(val.images)).mean().item()}
+    known = train.labels >= 0  # STL-10's unlabelled images have no class to probe
+    if len(train.labels[known].unique()) > 1:
+        result["probe_acc"] = linear_probe_accuracy(
+            train_means[known], train.labels[known], val_means, val.labels, seed
+        )
     vae.train(was_training)
     return result, (train_means, val_means, recon)
 
@@ -221,6 +224,7 @@ def train_on(
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     data_rng = torch.Generator().manual_seed(cfg.seed + 1)  # shared by all ranks
 
+    check_held_out(cfg.data.train_split, cfg.data.val_split)
     train_set = load_split(cfg.data, cfg.data.train_split)
     val_set = balanced_subset(load_split(cfg.data, cfg.data.val_split), cfg.data.val_limit)
     if (val_set.labels < 0).any():
@@ -369,10 +373,7 @@ def train_on(
         epoch_start = time.monotonic()
         sums: dict[str, float] = {}
         seen = 0
-        perm = torch.randperm(n, generator=data_rng)
-        batches = list(perm.split(cfg.batch_size))
-        if drop_last and len(batches[-1]) < cfg.batch_size:
-            batches.pop()
+        batches = distributed.epoch_batches(n, cfg.batch_size, data_rng, drop_last=drop_last)
         bar = tqdm(
             batches,
             desc=f"epoch {epoch}/{cfg.epochs}",
