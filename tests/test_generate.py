@@ -31,7 +31,7 @@ def test_generate_writes_a_grid_and_one_png_per_image(tiny_pair, tmp_path):
 
 
 def test_same_seed_same_image_whatever_the_batch_size(tiny_pair, tmp_path):
-    kw = dict(class_name="cat", num_samples=3, steps=4, eta=1.0, guidance=2.0)
+    kw = dict(class_name="cat", num_samples=3, steps=4, sampler="ddim", eta=1.0, guidance=2.0)
     one = generate(cfg_for(tiny_pair, tmp_path / "one", batch_size=1, **kw))
     three = generate(cfg_for(tiny_pair, tmp_path / "three", batch_size=3, **kw))
     for a, b in zip(one[1:], three[1:], strict=True):
@@ -67,6 +67,8 @@ def test_ddpm_sampler_runs_all_steps(tiny_pair, tmp_path):
         ({"eta": -1.0}, "--eta must be a finite number >= 0"),
         ({"seed": -1}, "--seed must be in 0..4294967286 for 10 images"),
         ({"seed": 2**32}, "--seed must be in 0.."),  # torch keeps 32 bits: it would repeat seed 0
+        ({"eta": 0.5}, "--eta is DDIM's noise"),  # the default sampler is dpmpp
+        ({"selector_path": "sel.safetensors"}, "for best-of-K"),
     ],
 )
 def test_bad_requests_are_clear_errors(tiny_pair, tmp_path, overrides, message):

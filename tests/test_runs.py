@@ -64,3 +64,17 @@ def test_the_vae_loss_schedule_is_fixed_on_resume():
     assert kept.epochs == 20  # nested empty overrides change nothing
     with pytest.raises(CatdogError, match=r"losses\.vgg\.weight"):
         resumed_config(saved, saved, {"losses": {"vgg": {"weight": 0.25}}})
+
+
+def test_a_state_from_a_newer_version_is_a_one_line_error(tmp_path):
+    from catdog import checkpoint
+    from catdog.config import to_dict
+    from catdog.runs import prepare_run
+
+    saved = to_dict(SAVED) | {"a_field_from_the_future": 1}
+    path = tmp_path / "state.pt"
+    checkpoint.save(path, checkpoint.KIND_DIFFUSION_TRAIN_STATE, {"train_config": saved})
+    with pytest.raises(CatdogError, match="cannot read .*a_field_from_the_future"):
+        prepare_run(replace(SAVED, save_dir=str(tmp_path)), resume=True, state_name="state.pt",
+                    final_name="final.pt", state_kind=checkpoint.KIND_DIFFUSION_TRAIN_STATE,
+                    what="diffusion")  # fmt: skip

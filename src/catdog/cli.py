@@ -529,6 +529,8 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
         )
     if cfg.guide_step < 0 or cfg.guide_guidance < 0:
         raise CatdogError("--guide-step and --guide-guidance must be >= 0")
+    if not 0 <= cfg.ema_decay < 1:
+        raise CatdogError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay}")
     return cfg
 
 

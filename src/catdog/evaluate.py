@@ -157,7 +157,7 @@ def _load_model(cfg: EvaluateConfig) -> tuple[Any, ...]:
     ``cfg.guidance`` to the scale in use."""
     request = GenerateConfig(num_samples=len(CLASS_NAMES) * cfg.num_per_class,
                              sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
-                             class_guidance=cfg.class_guidance, seed=cfg.seed,
+                             class_guidance=cfg.class_guidance, seed=cfg.seed, eta=cfg.eta,
                              batch_size=cfg.batch_size, select=cfg.select)  # fmt: skip
     check_sampling(request)
     unet, schedule, record = checkpoint.load_diffusion(cfg.model_path)

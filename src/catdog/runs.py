@@ -55,7 +55,12 @@ def prepare_run(
         state = checkpoint.load(state_path, state_kind)
         # A field added since the run was saved takes the value the run was trained with.
         earlier = getattr(type(cfg), "SAVED_BEFORE", {})
-        saved = from_dict(type(cfg), {**earlier, **state["train_config"]})
+        try:
+            saved = from_dict(type(cfg), {**earlier, **state["train_config"]})
+        except (TypeError, ValueError) as exc:  # e.g. a field from a newer version of catdog
+            raise CatdogError(
+                f"{state_path} holds a config this version cannot read ({exc})"
+            ) from None
         return resumed_config(saved, cfg, given), state
     if state_path.exists() or (save_dir / final_name).exists():
         raise CatdogError(
