@@ -214,6 +214,8 @@ def test_diffusion_flags_reach_the_config():
         diffusion_config_from_args(parser.parse_args(["--logsnr-shift", "nan"]))
     with pytest.raises(CatdogError, match=r"--ema-decay must be in \[0, 1\), got 1.0"):
         diffusion_config_from_args(parser.parse_args(["--ema-decay", "1"]))
+    with pytest.raises(CatdogError, match="--objective eps with --schedule cosine"):
+        diffusion_config_from_args(parser.parse_args(["--objective", "eps"]))  # cosine: default
 
 
 def test_select_flags_reach_generate_and_evaluate():

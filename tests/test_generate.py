@@ -68,7 +68,6 @@ def test_ddpm_sampler_runs_all_steps(tiny_pair, tmp_path):
         ({"seed": -1}, "--seed must be in 0..4294967286 for 10 images"),
         ({"seed": 2**32}, "--seed must be in 0.."),  # torch keeps 32 bits: it would repeat seed 0
         ({"eta": 0.5}, "--eta is DDIM's noise"),  # the default sampler is dpmpp
-        ({"selector_path": "sel.safetensors"}, "for best-of-K"),
     ],
 )
 def test_bad_requests_are_clear_errors(tiny_pair, tmp_path, overrides, message):

@@ -150,6 +150,8 @@ def test_fit_selector_and_select_from_the_command_line(tiny_pair, tiny_data, vgg
     assert sorted(p.name for p in out.iterdir()) == ["cat_0000.png", "cat_0001.png", "cat_grid.png"]
     assert_one_line_error(run_cli(*common, "--select", "0", "--output", str(tmp_path / "z")),
                           "--select must be in 1..64, got 0")  # fmt: skip
+    assert_one_line_error(run_cli(*common, "--selector_path", str(path), "--output",
+                                  str(tmp_path / "z")), "are for best-of-K")  # fmt: skip
     assert_one_line_error(run_cli(*common, "--select", "2", "--selector_path",
                                   str(tmp_path / "none.safetensors"), "--vgg_weights",
                                   str(vgg_weights), "--output", str(tmp_path / "m")),

@@ -531,6 +531,13 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
         raise CatdogError("--guide-step and --guide-guidance must be >= 0")
     if not 0 <= cfg.ema_decay < 1:
         raise CatdogError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.schedule.objective == "eps" and cfg.schedule.kind == "cosine":
+        # The cosine schedule ends at alpha_bar_T ~ 2e-9, and the first sampling step recovers
+        # x0 = (x_T - sigma * eps) / sqrt(alpha_bar_T): it multiplies the network's eps error by
+        # ~2e4 (no x0 clipping in a latent space). v-prediction has no such division.
+        raise CatdogError("--objective eps with --schedule cosine is numerically unstable at the "
+                          "first sampling step; use --objective v (the default) or --schedule "
+                          "linear")  # fmt: skip
     return cfg
 
 
@@ -648,7 +655,14 @@ def add_select_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
     )  # fmt: skip
 
 
+def check_select_flags(args: argparse.Namespace) -> None:
+    """The selector's flags do nothing without --select K > 1: say so rather than ignore them."""
+    if (args.select or 1) == 1 and (args.selector_path or args.vgg_weights) is not None:
+        raise CatdogError("--selector-path and --vgg-weights are for best-of-K (--select K > 1)")
+
+
 def generate_config_from_args(args: argparse.Namespace) -> GenerateConfig:
+    check_select_flags(args)
     values = {
         k: getattr(args, k) for k in to_dict(GEN_DEFAULTS) if getattr(args, k, None) is not None
     }
@@ -747,6 +761,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_config_from_args(args: argparse.Namespace) -> EvaluateConfig:
+    check_select_flags(args)
     base = to_dict(EVAL_DEFAULTS)
     o: dict[str, Any] = {"data": {}}
     for key in ("data_dir", "dataset"):

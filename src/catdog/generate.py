@@ -107,8 +107,6 @@ def _check(cfg: GenerateConfig, num_timesteps: int | None = None) -> None:
         raise CatdogError(f"--batch_size must be at least 1, got {cfg.batch_size}")
     selector.check_select(cfg.select)
     check_scales(guidance=cfg.guidance, class_guidance=cfg.class_guidance, eta=cfg.eta)
-    if cfg.select == 1 and (cfg.selector_path is not None or cfg.vgg_weights is not None):
-        raise CatdogError("--selector-path and --vgg-weights are for best-of-K (--select K > 1)")
     if cfg.eta != 0 and cfg.sampler != "ddim":
         raise CatdogError(f"--eta is DDIM's noise (--sampler ddim); {cfg.sampler} does not use "
                           "it (dpmpp is deterministic, ddpm is eta 1)")  # fmt: skip
