@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from catdog import checkpoint
@@ -14,8 +15,15 @@ def test_shipped_weights_are_a_linked_fp16_pair_within_budget():
     record = checkpoint.load(SHIPPED_MODEL, checkpoint.KIND_DIFFUSION)
     vae, vae_path = checkpoint.find_vae(SHIPPED_MODEL, record)
     assert vae_path.parent == SHIPPED_MODEL.parent and bool(vae.has_latent_stats)
+    from safetensors import safe_open
+
+    for weights in SHIPPED_MODEL.parent.glob("*.safetensors"):
+        with safe_open(str(weights), framework="pt") as f:
+            dtypes = {f.get_tensor(k).dtype for k in f.keys() if not k.startswith("latent_map/")}  # noqa: SIM118
+        assert dtypes <= {torch.float16, torch.int64, torch.bool}, (weights.name, dtypes)
+        assert torch.float16 in dtypes, weights.name
     total = sum(p.stat().st_size for p in SHIPPED_MODEL.parent.glob("*.safetensors"))
-    assert total <= 50 * 2**20
+    assert total <= 50_000_000  # the 50 MB
     assert {"train_config", "unet_config", "schedule_config", "latent_map"} <= set(record)
     guide, link = checkpoint.find_guide(SHIPPED_MODEL, record)  # autoguidance by default
     assert guide is not None and Path(link["file"]).parent == SHIPPED_MODEL.parent

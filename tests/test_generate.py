@@ -50,8 +50,15 @@ def test_saved_model_is_loaded_model(tiny_pair):
 
 
 def test_ddpm_sampler_runs_all_steps(tiny_pair, tmp_path):
-    paths = generate(cfg_for(tiny_pair, tmp_path, sampler="ddpm", num_samples=1, guidance=1.0))
-    assert len(paths) == 2
+    # Ancestral DDPM runs every one of the T steps whatever --steps says, so the step count
+    # cannot change its images.
+    kw = dict(sampler="ddpm", num_samples=1, guidance=1.0)
+    few = generate(cfg_for(tiny_pair, tmp_path / "a", steps=3, **kw))
+    many = generate(cfg_for(tiny_pair, tmp_path / "b", steps=20, **kw))
+    assert len(few) == 2 and few[1].read_bytes() == many[1].read_bytes()
+    ddim = generate(cfg_for(tiny_pair, tmp_path / "c", sampler="ddim", steps=3, eta=1.0,
+                            num_samples=1, guidance=1.0))  # fmt: skip
+    assert ddim[1].read_bytes() != few[1].read_bytes()  # 3 stochastic steps are another image
 
 
 @pytest.mark.parametrize(
