@@ -52,7 +52,10 @@ def test_pack_then_smoke_run_trains_exports_and_reports_within_the_device_limits
     assert {"samples/cat_cat_grid.png", "samples/dog_dog_grid.png"} <= set(names)
     with tarfile.open(out / "runs.tar.gz") as tar:
         config = json.load(tar.extractfile("diffusion/config.json"))
-    assert config["epochs"] == history[-1]["epoch"] and config["cooldown_epochs"] >= 1
+    # Whether the cooldown also ends inside its minutes depends on the machine's speed (a timing
+    # property, for the device run's timings.json, not for a test); that it ran is checked here.
+    assert config["cooldown_epochs"] >= 1
+    assert history[-1]["epoch"] > config["epochs"] - config["cooldown_epochs"]
     warmup_only = config["lr"] * min(1.0, history[-1]["step"] / config["lr_warmup_steps"])
     assert history[-1]["lr"] < warmup_only  # the last epoch ran in the cooldown
 
