@@ -20,7 +20,7 @@ import torch
 
 from .config import DEFAULT_GUIDANCE, ScheduleConfig, UNetConfig, VAEConfig, from_dict, to_dict
 from .diffusion import NoiseSchedule
-from .errors import CatdogError
+from .errors import CatdogError, one_line
 from .models.unet import UNet
 from .models.vae import VAE
 
@@ -116,14 +116,6 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
         if not k.startswith("latent_map/")
     }
     return meta
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line (an error here is one line), cut at ``limit``
-    characters, else its type."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    text = text or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load(path: str | os.PathLike, kind: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The one exception type that the command line turns into a one-line error message."""
+"""The one exception type that the command line turns into a one-line error message, and the
+helper that puts a library's exception into such a line."""
 
 
 class CatdogError(Exception):
@@ -6,3 +7,11 @@ class CatdogError(Exception):
 
     The CLI prints ``error: <message>`` and exits with status 2, with no traceback.
     """
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (an error here is one line), cut at ``limit``
+    characters, else its type."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = text or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -41,9 +41,9 @@ from .errors import CatdogError
 from .features import FeatureExtractor, cached_extract, extract, load_inception
 from .generate import _check as check_sampling
 from .generate import (
-    _check_writable,
     check_class_guidance,
     check_output_file,
+    check_writable,
     load_selector,
     resolve_model_path,
     sample_images,
@@ -223,7 +223,7 @@ def evaluate(cfg: EvaluateConfig, extractor: FeatureExtractor | None = None) -> 
                           "are written beside it: give it another suffix (.json)")  # fmt: skip
     check_output_file(output)
     if cfg.cache_dir is not None:
-        _check_writable(Path(os.path.expanduser(cfg.cache_dir)))
+        check_writable(Path(os.path.expanduser(cfg.cache_dir)))
     reference = load_split(cfg.data, cfg.reference_split)
     train = load_split(cfg.data, cfg.train_split)
     _check_counts(reference, f"reference split {reference.source}")

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
-from .errors import CatdogError
+from .errors import CatdogError, one_line
 
 INCEPTION_ENV = "CATDOG_INCEPTION_WEIGHTS"
 INCEPTION_ID = "inception-v3-compat-pool3"
@@ -47,7 +47,7 @@ class InceptionPool3(FeatureExtractor):
             where = f"file {weights_path}" if weights_path else "torch-fidelity's download"
             raise CatdogError(
                 f"cannot load the FID Inception weights from {where} ({type(exc).__name__}: "
-                f"{checkpoint.one_line(exc, 200)}); offline, pass "
+                f"{one_line(exc, 200)}); offline, pass "
                 f"--inception-weights FILE or set {INCEPTION_ENV} to "
                 "weights-inception-2015-12-05-6726825d.pth"
             ) from None

@@ -182,7 +182,7 @@ def sample_images(
     return selector.best_of(draw, class_selector, labels, list(seeds), select)
 
 
-def _check_writable(folder: Path) -> None:
+def check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
@@ -197,7 +197,7 @@ def check_output_file(path: Path) -> None:
     """A file about to be written: not an existing folder, and its folder writable."""
     if path.is_dir():
         raise CatdogError(f"output {path} is a folder; give a file name")
-    _check_writable(path.parent)
+    check_writable(path.parent)
 
 
 def generate(cfg: GenerateConfig) -> list[Path]:
@@ -215,7 +215,7 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     check_class_guidance(cfg.class_guidance, guide)
     class_selector = load_selector(cfg.select, cfg.selector_path, cfg.vgg_weights)
     output = Path(cfg.output)
-    _check_writable(output)
+    check_writable(output)
     label = class_label(cfg.class_name)
     seeds = [cfg.seed + i for i in range(cfg.num_samples)]
     steps = schedule.num_timesteps if cfg.sampler == "ddpm" else cfg.steps

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .errors import CatdogError
+from .errors import CatdogError, one_line
 
 VGG_WEIGHTS_ENV = "CATDOG_VGG_WEIGHTS"
 # torchvision's official ImageNet VGG16 weights (VGG16_Weights.IMAGENET1K_V1).
@@ -85,8 +85,7 @@ def load_vgg16_features(
             features.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - any unreadable or mismatched file
             raise CatdogError(
-                f"{path} is not a torchvision vgg16().features state dict "
-                f"({str(exc).splitlines()[0]})"
+                f"{path} is not a torchvision vgg16().features state dict ({one_line(exc)})"
             ) from None
     else:
         try:

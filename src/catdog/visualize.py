@@ -238,10 +238,10 @@ def make_figures(
     from .data import balanced_subset, load_split
     from .errors import CatdogError
     from .generate import (
-        _check_writable,
         check_scales,
         check_seed,
         check_steps,
+        check_writable,
         resolve_model_path,
         sample_latents,
     )
@@ -277,7 +277,7 @@ def make_figures(
                   "and skipping the comparison figure")  # fmt: skip
     if test is None:
         latent_map = LatentMap(**record["latent_map"])
-    _check_writable(out)  # after the data: a missing data folder leaves nothing behind
+    check_writable(out)  # after the data: a missing data folder leaves nothing behind
     written = [out / "denoising_path.png"]
     save_denoising_path(written[0], unet, vae, schedule, latent_map, seed=seed, steps=steps,
                         guidance=guidance, guide=guide)  # fmt: skip
