@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from catdog import augment, checkpoint, train_diffusion
-from catdog.config import DiffusionTrainConfig, ScheduleConfig
+from catdog.config import DiffusionTrainConfig, RuntimeConfig, ScheduleConfig
 from catdog.data import load_folder, to_float
 from catdog.diffusion import SAMPLERS, NoiseSchedule, per_sample_noise
 from catdog.errors import CatdogError
@@ -162,6 +162,24 @@ def test_a_resumed_run_takes_its_cooldown_from_the_command_line(tiny_data, tiny_
     with pytest.raises(CatdogError, match="cooldown epochs must be in 0..4"):
         train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / "bad", epochs=4,
                                  cooldown_epochs=5))  # fmt: skip
+
+
+def test_a_resumed_run_checks_its_saved_batch_against_gradient_accumulation(
+    tiny_data, tiny_vae, tmp_path
+):
+    """The batch the run trains with on resume is the saved one (6), not the command line's
+    (16, which 4 micro-steps divide): 6 is refused for --grad-accum 4 before anything is
+    written."""
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, epochs=2, batch_size=6,
+                             stop_at_epoch=1))  # fmt: skip
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    cfg = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path)
+    cfg.runtime = RuntimeConfig(grad_accum=4)
+    with pytest.raises(CatdogError, match="global batch 6 is not divisible"):
+        train(cfg, resume=True, given={"runtime": {"grad_accum": 4}})
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before
+    cfg.runtime = RuntimeConfig(grad_accum=2)  # 6 = 2 x 3: accepted
+    assert train(cfg, resume=True, given={"runtime": {"grad_accum": 2}})["epoch"] == 2
 
 
 def test_vae_without_statistics_is_refused_and_a_new_unet_takes_the_vae_shape(

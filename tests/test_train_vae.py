@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from catdog import checkpoint
-from catdog.config import LossTerm, vae_preset
+from catdog.config import LossTerm, RuntimeConfig, vae_preset
 from catdog.data import ImageSet, load_folder, to_float
 from catdog.errors import CatdogError
 from catdog.losses import PerceptualLoss, load_vgg16_features
@@ -98,14 +98,18 @@ def test_the_held_out_split_is_never_trained_on(tiny_data, tmp_path):
     assert not (tmp_path / STATE).exists()
 
 
-def test_resume_continues_exactly(tiny_data, tmp_path):
+@pytest.mark.parametrize("eval_every", [1, 2])
+def test_resume_continues_exactly(tiny_data, tmp_path, eval_every):
+    """With eval_every 2 the stop at epoch 1 is evaluated off the schedule (and may become the
+    best checkpoint); training is the same."""
     straight = tmp_path / "straight"
-    train(tiny_cfg(tiny_data, straight, epochs=3))
+    train(tiny_cfg(tiny_data, straight, epochs=3, eval_every=eval_every))
     split = tmp_path / "split"
-    train(tiny_cfg(tiny_data, split, epochs=3, stop_at_epoch=1))
+    train(tiny_cfg(tiny_data, split, epochs=3, stop_at_epoch=1, eval_every=eval_every))
     assert not (split / FINAL).exists()
+    assert (split / BEST).is_file()  # a stopped run always leaves weights to train diffusion on
     assert checkpoint.load(split / STATE, checkpoint.KIND_VAE_TRAIN_STATE)["epoch"] == 1
-    train(tiny_cfg(tiny_data, split, epochs=3), resume=True)
+    train(tiny_cfg(tiny_data, split, epochs=3, eval_every=eval_every), resume=True)
     a, b = state_dict_of(straight / FINAL), state_dict_of(split / FINAL)
     assert a.keys() == b.keys()
     for key in a:
@@ -114,6 +118,17 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
         json.loads(line)["epoch"] for line in (split / "metrics.jsonl").read_text().splitlines()
     ]
     assert epochs == [1, 2, 3]
+
+
+def test_a_resumed_run_checks_its_saved_batch_against_gradient_accumulation(tiny_data, tmp_path):
+    """Resumed, the run trains with its saved batch (6), which --grad-accum 4 does not divide,
+    though the command line's (8) would pass."""
+    train(tiny_cfg(tiny_data, tmp_path, epochs=2, batch_size=6, stop_at_epoch=1))
+    cfg = tiny_cfg(tiny_data, tmp_path, epochs=2)
+    cfg.runtime = RuntimeConfig(grad_accum=4)
+    with pytest.raises(CatdogError, match="global batch 6 is not divisible"):
+        train(cfg, resume=True, given={"runtime": {"grad_accum": 4}})
+    assert checkpoint.load(tmp_path / STATE, checkpoint.KIND_VAE_TRAIN_STATE)["epoch"] == 1
 
 
 def test_a_copied_run_folder_resumes_in_place_and_leaves_the_original_alone(tiny_data, tmp_path):

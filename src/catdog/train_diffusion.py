@@ -338,6 +338,8 @@ def train_on(
             given=given,
         )
     )
+    # setup checked the batch given now; a resumed run trains with its saved one
+    distributed.check_batch(cfg.batch_size, rt.world_size, cfg.runtime.grad_accum)
     check_held_out(cfg.data.train_split, cfg.data.val_split)
     if cfg.latent_sampling not in ("posterior", "mean"):
         raise CatdogError(f"latent_sampling must be posterior or mean, not {cfg.latent_sampling!r}")

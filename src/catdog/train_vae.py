@@ -10,6 +10,12 @@ Run folder (``save_dir``)::
     vae_gan_final.pt       after the last epoch, with latent statistics
     vae_train_state.pt     everything --resume needs (models, optimisers, schedule, RNG)
     reconstructions/epoch_NNNN.png, tsne/epoch_NNNN.png
+
+A run stopped early (``--stop-at-epoch``, ``--max-minutes``) is also evaluated at the epoch it
+stops at, so that it always leaves a ``vae_gan_best.pt`` to train diffusion on. That epoch is a
+candidate for the best checkpoint, so a stopped-and-resumed run can keep a different best file
+than the same run uninterrupted (which evaluates every ``eval_every`` epochs only); its final
+weights and training are identical.
 """
 
 from __future__ import annotations
@@ -193,6 +199,8 @@ def train_on(
             given=given,
         )
     )
+    # setup checked the batch given now; a resumed run trains with its saved one
+    distributed.check_batch(cfg.batch_size, rt.world_size, cfg.runtime.grad_accum)
     save_dir = Path(cfg.save_dir)
     decoder_only = cfg.finetune_decoder is not None
     if cfg.init_from is not None and decoder_only:
