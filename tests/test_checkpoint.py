@@ -98,3 +98,24 @@ def test_loaded_networks_are_channels_last_and_draw_what_contiguous_ones_draw():
     for net in (unet, vae, guide):
         net.to(memory_format=torch.contiguous_format)
     assert torch.allclose(draw(), nhwc, atol=1e-3)  # the format is speed only
+
+
+def test_fp16_files_refuse_weights_fp16_cannot_hold_and_foreign_files_are_named(tmp_path):
+    payload = checkpoint.vae_payload(VAE(TINY), {})
+    name = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    for bad, message in ((7e4, "magnitude 7e\\+04, beyond fp16's 65504"),
+                         (float("nan"), "inf or NaN")):  # fmt: skip
+        payload["state_dict"][name].view(-1)[0] = bad
+        path = tmp_path / "big.safetensors"
+        with pytest.raises(CatdogError, match=f"{name} holds .*{message}"):
+            checkpoint.save_safetensors(path, checkpoint.KIND_VAE, payload)
+        assert not path.exists()
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CatdogError, match="is not a catdog checkpoint"):
+        checkpoint.load(foreign, checkpoint.KIND_VAE)
+    upper = tmp_path / "VAE.SAFETENSORS"  # the suffix in capitals is the same format
+    checkpoint.save_safetensors(upper, checkpoint.KIND_VAE, checkpoint.vae_payload(VAE(TINY), {}))
+    assert checkpoint.load_vae(upper)[1]["kind"] == checkpoint.KIND_VAE

@@ -127,6 +127,22 @@ def test_export_refuses_a_guide_that_does_not_belong(tiny_pair, tiny_vae, tmp_pa
     assert not (tmp_path / "y").exists()
 
 
+def test_weights_beyond_fp16_leave_an_earlier_export_whole(tiny_pair, tmp_path):
+    """The diffusion weights are checked before the VAE file (written first) is touched."""
+    out = tmp_path / "weights"
+    export_pair(tiny_pair, out)
+    before = {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir()}
+    record = checkpoint.load(tiny_pair, checkpoint.KIND_DIFFUSION)
+    name = next(k for k, v in record["state_dict"].items() if v.is_floating_point())
+    record["state_dict"][name].view(-1)[0] = 1e5
+    huge = tmp_path / "run" / tiny_pair.name
+    huge.parent.mkdir()
+    checkpoint.save(huge, checkpoint.KIND_DIFFUSION, checkpoint.payload_of(record))
+    with pytest.raises(CatdogError, match=f"catdog_diffusion.safetensors in fp16: {name}"):
+        export_pair(huge, out, vae_path=str(checkpoint.find_vae(tiny_pair, record)[1]))
+    assert {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir()} == before
+
+
 def test_a_missing_data_folder_leaves_an_earlier_export_whole(tiny_pair, tmp_path):
     out = tmp_path / "weights"
     export_pair(tiny_pair, out)
@@ -148,6 +164,9 @@ def test_export_ships_the_guide_training_recorded(tiny_data, tiny_vae, tmp_path)
     record = checkpoint.load(written[1], checkpoint.KIND_DIFFUSION)
     assert record["guide"]["guidance"] == 3.0  # the training default, carried over
     assert checkpoint.find_guide(written[1], record)[0] is not None
+    # The same guide named by its path is still the recorded one, with its tuned scale.
+    named = export_pair(model, tmp_path / "named", guide_path=str(tmp_path / "run" / "guide.pt"))
+    assert checkpoint.load(named[1], checkpoint.KIND_DIFFUSION)["guide"]["guidance"] == 3.0
     bare = export_pair(model, tmp_path / "bare", guide_path="none")
     assert [p.name for p in bare] == [VAE_FILE, DIFFUSION_FILE]
     assert "guide" not in checkpoint.load(bare[1], checkpoint.KIND_DIFFUSION)

@@ -89,6 +89,7 @@ def save_safetensors(path: str | os.PathLike, kind: str, payload: dict[str, Any]
     in fp16), everything else as JSON in the file's metadata. Used for the shipped weights."""
     from safetensors.torch import save
 
+    check_fp16(payload["state_dict"], path)
     tensors = {
         k: (v.half() if v.is_floating_point() else v).contiguous()
         for k, v in payload["state_dict"].items()
@@ -101,11 +102,32 @@ def save_safetensors(path: str | os.PathLike, kind: str, payload: dict[str, Any]
     atomic_write_bytes(path, data)
 
 
+def check_fp16(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse weights that fp16 cannot hold: a non-finite value, or one beyond fp16's range
+    (65504), which would be written as inf. (Values below fp16's smallest, about 6e-8, become 0;
+    that is not checked: such a weight contributes nothing an fp16 file could keep.)"""
+    largest = torch.finfo(torch.float16).max
+    for name, tensor in state_dict.items():
+        if not tensor.is_floating_point() or not tensor.numel():
+            continue
+        if not torch.isfinite(tensor).all():
+            raise CatdogError(f"cannot write {path}: {name} holds inf or NaN values")
+        peak = tensor.detach().abs().max().item()
+        if peak > largest:
+            raise CatdogError(
+                f"cannot write {path} in fp16: {name} holds a value of magnitude {peak:.3g}, "
+                f"beyond fp16's {largest:.0f}"
+            )
+
+
 def _load_safetensors(path: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {})["catdog"])
+        metadata = f.metadata() or {}
+        if "catdog" not in metadata:  # a safetensors file from elsewhere
+            return {}
+        meta = json.loads(metadata["catdog"])
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
     maps = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("latent_map/")}
     if maps:
@@ -126,7 +148,7 @@ def load(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     if not path.is_file():
         raise CatdogError(f"checkpoint not found: {path}")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":
             record = _load_safetensors(path)
         else:
             record = torch.load(path, map_location="cpu", weights_only=True)
@@ -305,7 +327,8 @@ def find_guide(
     ``guidance``, the scale it was tuned for. A guide must share the model's VAE (content hash),
     noise schedule, latent shape and classes, else the outputs cannot be combined.
     """
-    link = dict(record.get("guide") or {})
+    recorded = dict(record.get("guide") or {})
+    link = recorded
     if guide_path == "none" or (guide_path is None and not link):
         return None, {}
     if guide_path is None:  # as recorded; else beside the model (a moved run folder)
@@ -317,8 +340,11 @@ def find_guide(
     if not path.is_file():
         raise CatdogError(f"guide model not found: {path} (pass --guide-path none to go without)")
     guide, _, guide_record = load_diffusion(path)
-    if link.get("sha256") and content_hash(guide.state_dict()) != link["sha256"]:
+    guide_hash = content_hash(guide.state_dict())
+    if link.get("sha256") and guide_hash != link["sha256"]:
         raise CatdogError(f"guide model {path} is not the one recorded with {diffusion_path}")
+    if guide_path is not None and recorded.get("sha256") == guide_hash:
+        link = recorded  # the recorded guide, named by its path: it keeps its tuned scale
     mismatch = [
         what
         for what, a, b in (

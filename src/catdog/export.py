@@ -38,6 +38,14 @@ def export_pair(
     if guide is None and guidance is not None:
         raise CatdogError("a guidance scale is recorded with a guide, and this export has none")
     vae_record = checkpoint.load(vae_path, checkpoint.KIND_VAE)
+    guide_record = None
+    if guide is not None:
+        guide_record = checkpoint.load(guide_link["file"], checkpoint.KIND_DIFFUSION)
+    out = Path(out_dir)
+    # Every file's weights must fit fp16 before any is written.
+    for name, rec in ((VAE_FILE, vae_record), (DIFFUSION_FILE, record), (GUIDE_FILE, guide_record)):
+        if rec is not None:
+            checkpoint.check_fp16(rec["state_dict"], out / name)
     data_cfg = from_dict(DataConfig, record["train_config"]["data"])
     if data_dir is not None:
         data_cfg.data_dir = data_dir
@@ -45,7 +53,6 @@ def export_pair(
     # The data before any file: a missing data folder must not leave a new VAE beside an old
     # export's diffusion file.
     held_out = balanced_subset(load_split(data_cfg, data_cfg.val_split), 400)
-    out = Path(out_dir)
     vae_file, diffusion_file = out / VAE_FILE, out / DIFFUSION_FILE
     checkpoint.save_safetensors(vae_file, checkpoint.KIND_VAE, checkpoint.payload_of(vae_record))
     shipped_vae, _ = checkpoint.load_vae(vae_file)
@@ -56,7 +63,6 @@ def export_pair(
     payload = checkpoint.payload_of(record, "vae", "guide")
     written = [vae_file, diffusion_file]
     if guide is not None:
-        guide_record = checkpoint.load(guide_link["file"], checkpoint.KIND_DIFFUSION)
         guide_file = out / GUIDE_FILE
         checkpoint.save_safetensors(guide_file, checkpoint.KIND_DIFFUSION, {
             **checkpoint.payload_of(guide_record, "vae", "guide"), "vae": link,
