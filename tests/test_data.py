@@ -96,6 +96,43 @@ def test_stl10_truncated_file_is_a_clear_error(tmp_path):
         load_stl10(tmp_path, "train", 48, download=False)
 
 
+@pytest.mark.parametrize("cut", ["labels", "images at an image boundary", "both emptied"])
+def test_stl10_files_cut_short_are_a_clear_error(tmp_path, cut):
+    write_stl10(tmp_path)
+    folder = tmp_path / "stl10_binary"
+    if cut == "labels":
+        (folder / "train_y.bin").write_bytes((folder / "train_y.bin").read_bytes()[:5])
+    elif cut == "images at an image boundary":
+        (folder / "train_X.bin").write_bytes((folder / "train_X.bin").read_bytes()[: 5 * 27648])
+    else:
+        for name in ("train_X.bin", "train_y.bin"):
+            (folder / name).write_bytes(b"")
+    with pytest.raises(CatdogError, match="corrupt or truncated"):
+        load_stl10(tmp_path, "train", 48, download=False)
+
+
+def test_stl10_without_its_cats_is_a_clear_error(tmp_path):
+    write_stl10(tmp_path)
+    labels = tmp_path / "stl10_binary" / "train_y.bin"
+    np.array([1, 6, 6, 2, 10, 6, 2], dtype=np.uint8).tofile(labels)  # no 4 (cat)
+    with pytest.raises(CatdogError, match="hold no cat images in the train split"):
+        load_stl10(tmp_path, "train", 48, download=False)
+
+
+def test_auto_detection_prefers_stl10_over_other_cat_dog_folders_beside_it(tmp_path):
+    write_stl10(tmp_path)
+    write_image_folder(tmp_path, {"my_samples": 2})  # e.g. images kept for evaluate --images
+    assert resolve_kind(DataConfig(data_dir=str(tmp_path))) == "stl10"
+    write_image_folder(tmp_path, {"train": 2})  # the usual layout wins over STL-10
+    assert resolve_kind(DataConfig(data_dir=str(tmp_path))) == "folder"
+
+
+def test_folder_dataset_beside_stl10_files_says_how_to_read_them(tmp_path):
+    write_stl10(tmp_path)
+    with pytest.raises(CatdogError, match="its stl10_binary/ is read with --dataset stl10"):
+        resolve_kind(DataConfig(data_dir=str(tmp_path), dataset="folder"))
+
+
 def test_folder_with_splits(tiny_data):
     train = load_folder(tiny_data, "train", 16)
     assert train.images.shape == (24, 3, 16, 16)
@@ -112,6 +149,37 @@ def test_flat_folder_splits_are_disjoint(tmp_path):
     assert not any(bytes(img.numpy()) in train_set for img in test.images)
 
 
+def test_a_flat_split_without_images_names_the_split_rule(tmp_path):
+    write_image_folder(tmp_path, {"all": 1})  # one image per class: the test part takes it
+    with pytest.raises(CatdogError, match="'s train part .*every 10th.*cat 1, dog 1"):
+        load_folder(tmp_path / "all", "train", 16)
+
+
+def test_photos_are_read_upright_square_and_16_bit_greyscale_at_its_brightness(tmp_path):
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+    # 40 wide, 20 high: red left half, blue right half, stored as if turned (EXIF 6 = rotate
+    # 90 degrees clockwise to show): upright, it is 20 wide and 40 high, red on top.
+    wide = np.zeros((20, 40, 3), dtype=np.uint8)
+    wide[:, :20, 0] = 255
+    wide[:, 20:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(wide).save(tmp_path / "cat" / "turned.jpg", exif=exif, quality=95)
+    grey16 = np.full((16, 16), 32768, dtype=np.uint16)  # mid-grey in 16 bits
+    Image.fromarray(grey16).save(tmp_path / "dog" / "grey16.png")
+    data = load_folder(tmp_path, "test", 16)  # flat: the first image of each class is test
+    cat = data.images[data.labels == 0][0].int()
+    # Upright and centre-cropped: the middle 20x20 of a 20x40 image is the rows 10..29, which
+    # straddle the red top and the blue bottom; nothing is squashed.
+    assert cat[0, :6].float().mean() > 200 and cat[2, :6].float().mean() < 60  # red top rows
+    assert cat[2, -6:].float().mean() > 200 and cat[0, -6:].float().mean() < 60  # blue bottom
+    dog = data.images[data.labels == 1][0]
+    assert torch.all((dog.int() - 128).abs() <= 1)  # not the white of a clipped 16-bit read
+
+
 def test_unreadable_image_is_skipped_with_its_name(tmp_path):
     write_image_folder(tmp_path, {"train": 3})
     bad = tmp_path / "train" / "cat" / "broken.png"
@@ -119,6 +187,17 @@ def test_unreadable_image_is_skipped_with_its_name(tmp_path):
     with pytest.warns(UserWarning, match="broken.png"):
         data = load_folder(tmp_path, "train", 16)
     assert len(data) == 6
+
+
+def test_an_oversized_image_is_skipped_with_its_name(tmp_path, monkeypatch):
+    from PIL import Image
+
+    write_image_folder(tmp_path, {"train": 2}, size=16)
+    Image.fromarray(np.zeros((48, 48, 3), dtype=np.uint8)).save(tmp_path / "train/cat/huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 48x48 is over twice that: an error
+    with pytest.warns(UserWarning, match="huge.png"):
+        data = load_folder(tmp_path, "train", 16)
+    assert len(data) == 4
 
 
 def test_missing_directory_and_missing_classes(tmp_path):

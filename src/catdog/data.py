@@ -1,7 +1,8 @@
 """Cat/dog images: STL-10 (through torchvision) or any folder with cat/ and dog/ subfolders.
 
 Images are decoded once, resized 96 -> ``image_size`` with antialiasing, and held in memory as a
-uint8 tensor (the cat/dog splits are small), so training never decodes a file twice. Labels are
+uint8 tensor (folder photos are first turned upright by their EXIF orientation and centre-cropped
+to a square) (the cat/dog splits are small), so training never decodes a file twice. Labels are
 0 = cat, 1 = dog, and -1 for unlabeled images (STL-10's ``unlabeled`` split).
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms.v2 import functional as TF
 
@@ -80,12 +81,23 @@ def resolve_kind(cfg: DataConfig) -> str:
             f"data directory not found: {root} (point --data-dir at a folder with cat/ and dog/ "
             "subfolders, or use --dataset stl10 to download STL-10 into it)"
         )
-    if _has_class_dirs(root) or any(_has_class_dirs(p) for p in root.iterdir() if p.is_dir()):
+    # The usual layouts first, then STL-10's files, then any SPLIT/cat and SPLIT/dog: a folder
+    # of STL-10 may hold other cat/ dog/ folders beside it (samples kept for evaluate, say).
+    if _has_class_dirs(root) or any(_has_class_dirs(root / s) for s in ("train", "test")):
         return "folder"
-    if cfg.dataset == "auto" and (root / STL10Files.base_folder).is_dir():
+    has_stl10 = (root / STL10Files.base_folder).is_dir()
+    if cfg.dataset == "auto" and has_stl10:
         return "stl10"
+    if any(_has_class_dirs(p) for p in root.iterdir() if p.is_dir()):
+        return "folder"
+    if cfg.dataset == "auto":
+        nor = f" (nor {STL10Files.base_folder}/ of STL-10)"
+    elif has_stl10:
+        nor = f" (its {STL10Files.base_folder}/ is read with --dataset stl10 or auto)"
+    else:
+        nor = ""
     raise CatdogError(
-        f"{root} has no cat/ and dog/ subfolders (nor {STL10Files.base_folder}/ of STL-10); "
+        f"{root} has no cat/ and dog/ subfolders{nor}; "
         "give a folder laid out as cat/*.png and dog/*.png, or SPLIT/cat and SPLIT/dog"
     )
 
@@ -149,6 +161,7 @@ def read_class_folder(folder: Path, image_size: int, *, split: str | None = None
         extensions=IMG_EXTENSIONS,
         allow_empty=True,  # an empty class is reported below, in our words
     )
+    files = [sum(s[1] == label for s in samples) for label in range(len(CLASS_NAMES))]
     if split is not None:
         keep = []
         for label in range(len(CLASS_NAMES)):
@@ -158,9 +171,8 @@ def read_class_folder(folder: Path, image_size: int, *, split: str | None = None
     images, labels = [], []
     for path, label in samples:
         try:
-            with Image.open(path) as im:
-                array = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as exc:  # truncated / not an image: skip, naming the file
+            array = read_rgb(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # skip, naming the file
             warnings.warn(f"skipping unreadable image {path}: {exc}", stacklevel=2)
             continue
         tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W) uint8
@@ -169,9 +181,40 @@ def read_class_folder(folder: Path, image_size: int, *, split: str | None = None
     counts = [labels.count(i) for i in range(len(CLASS_NAMES))]
     if min(counts) == 0:
         missing = [CLASS_NAMES[i] for i, c in enumerate(counts) if c == 0]
-        raise CatdogError(f"no readable images for {', '.join(missing)} in {folder}")
+        where = f"{folder}"
+        if split is not None:
+            found = ", ".join(f"{CLASS_NAMES[i]} {files[i]}" for i in range(len(files)))
+            where += (f"'s {split} part (a flat cat/ dog/ folder keeps every 10th image of each "
+                      f"class, in sorted order, for test and the rest for train; image files: "
+                      f"{found})")  # fmt: skip
+        raise CatdogError(f"no readable images for {', '.join(missing)} in {where}")
     source = f"folder {folder}" + (f" [{split}]" if split else "")
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), source)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """One photo as a square (S, S, 3) uint8 array.
+
+    Turned upright by its EXIF orientation (a phone's portrait photo is stored sideways), with
+    16-bit and float greyscale scaled to 8 bits (PIL's ``convert("RGB")`` clips them, so that a
+    16-bit photo would load white), and centre-cropped to a square (resizing a 2:1 photo to a
+    square would squash it)."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit integer or float greyscale
+            grey = np.asarray(im, dtype=np.float64)
+            if im.mode == "F":
+                scale = 255.0 if grey.max(initial=0) <= 1.0 else 1.0  # [0, 1] or [0, 255]
+            else:
+                scale = 255.0 / 65535.0  # 16-bit data, the common case
+            grey = np.clip(np.rint(grey * scale), 0, 255).astype(np.uint8)
+            array = np.repeat(grey[..., None], 3, axis=-1)
+        else:
+            array = np.asarray(im.convert("RGB"))
+    h, w = array.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return array[top : top + side, left : left + side]
 
 
 def load_stl10(
@@ -195,6 +238,11 @@ def load_stl10(
         raise CatdogError(f"STL-10 files in {data_dir} are corrupt or truncated: {exc}") from None
     data = torch.from_numpy(dataset.data)  # (N, 3, 96, 96) uint8, already row-major
     labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
+    if len(data) == 0 or len(labels) != len(data):
+        raise CatdogError(
+            f"STL-10 files in {data_dir} are corrupt or truncated: {len(data)} images and "
+            f"{len(labels)} labels in the {split} split"
+        )
     if split != "unlabeled":
         keep = (
             (labels == STL10_CLASS_IDS["cat"]) | (labels == STL10_CLASS_IDS["dog"]) | (labels < 0)
@@ -203,6 +251,12 @@ def load_stl10(
         labels = torch.where(
             labels < 0, labels, (labels == STL10_CLASS_IDS["dog"]).long()
         )  # cat -> 0, dog -> 1
+        missing = [name for i, name in enumerate(CLASS_NAMES) if not (labels == i).any()]
+        if missing:
+            raise CatdogError(
+                f"STL-10 files in {data_dir} hold no {' or '.join(missing)} images in the {split} "
+                "split: are they corrupt or truncated?"
+            )
     images = torch.cat([resize(chunk, image_size) for chunk in data.split(2048)])
     return ImageSet(images, labels, f"STL-10 {data_dir} [{split}]")
 
