@@ -147,6 +147,20 @@ def test_bad_option_values(tiny_data, tmp_path):
     assert_one_line_error(run_cli(*base, "--epochs", "0"), "--epochs must be positive")
     assert_one_line_error(run_cli(*base, "--channels", "8,x"), "--channels")
     assert_one_line_error(run_cli(*base, "--image-size", "15"), "not divisible")
+    # The rest in process: each would crash or mislead deep in training.
+    from catdog.cli import add_vae_train_args, vae_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_vae_train_args(parser)
+    for flags, message in (
+        (["--color-jitter", "1.5"], r"--color-jitter must be in \[0, 1\), got 1.5"),
+        (["--color-jitter", "-0.1"], r"--color-jitter must be in \[0, 1\)"),
+        (["--val-limit", "1"], "--val-limit must be 0 .all. or at least 2"),
+        (["--lr-scaling", "sqrt", "--lr-base-batch", "-32"], "--lr-base-batch must be positive"),
+    ):
+        with pytest.raises(CatdogError, match=message):
+            vae_config_from_args(parser.parse_args(flags))
+    assert vae_config_from_args(parser.parse_args(["--val-limit", "0"])).data.val_limit == 0
 
 
 def test_finetune_decoder_takes_the_decoder_preset(tiny_data, tiny_vae, tmp_path):
@@ -214,6 +228,8 @@ def test_diffusion_flags_reach_the_config():
         diffusion_config_from_args(parser.parse_args(["--logsnr-shift", "nan"]))
     with pytest.raises(CatdogError, match=r"--ema-decay must be in \[0, 1\), got 1.0"):
         diffusion_config_from_args(parser.parse_args(["--ema-decay", "1"]))
+    with pytest.raises(CatdogError, match="--lr-base-batch must be positive, got 0"):
+        diffusion_config_from_args(parser.parse_args(["--lr-base-batch", "0"]))
     with pytest.raises(CatdogError, match="--objective eps with --schedule cosine"):
         diffusion_config_from_args(parser.parse_args(["--objective", "eps"]))  # cosine: default
 

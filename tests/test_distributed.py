@@ -157,3 +157,9 @@ def test_epoch_batches_shuffle_and_keep_only_whole_batches_when_shared():
     with pytest.raises(CatdogError, match="3 training examples are fewer than one batch of 4"):
         epoch_batches(3, 4, torch.Generator().manual_seed(0), drop_last=True)
     assert len(epoch_batches(3, 4, torch.Generator().manual_seed(0), drop_last=False)) == 1
+
+
+def test_lr_scaling_needs_a_positive_base_batch_only_when_it_scales():
+    assert effective_lr(RuntimeConfig(lr_base_batch=0), 1e-3, 64) == 1e-3
+    with pytest.raises(CatdogError, match="--lr-base-batch must be positive"):
+        effective_lr(RuntimeConfig(lr_scaling="sqrt", lr_base_batch=-32), 1e-3, 64)

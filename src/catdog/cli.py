@@ -305,7 +305,19 @@ def vae_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
+def _check_shared_config(cfg: VAETrainConfig | DiffusionTrainConfig) -> None:
+    """What both stages' configs hold: data and runtime settings."""
+    if cfg.data.val_limit == 1 or cfg.data.val_limit < 0:
+        raise CatdogError(f"--val-limit must be 0 (all) or at least 2 (one image per class), got "
+                          f"{cfg.data.val_limit}")  # fmt: skip
+    if not 0 <= cfg.data.color_jitter < 1:
+        raise CatdogError(f"--color-jitter must be in [0, 1), got {cfg.data.color_jitter}")
+    if cfg.runtime.lr_base_batch < 1:
+        raise CatdogError(f"--lr-base-batch must be positive, got {cfg.runtime.lr_base_batch}")
+
+
 def _check_vae_config(cfg: VAETrainConfig) -> None:
+    _check_shared_config(cfg)
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
                 "viz_every": cfg.viz_every, "checkpoint_every": cfg.checkpoint_every}  # fmt: skip
     for name, value in positive.items():
@@ -516,6 +528,7 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
     """The preset, overridden by every flag the user set."""
     base = to_dict(diffusion_preset(args.preset))
     cfg = from_dict(DiffusionTrainConfig, merge(base, diffusion_overrides(args)))
+    _check_shared_config(cfg)
     for name in ("epochs", "batch_size", "checkpoint_every", "sample_every"):
         if getattr(cfg, name) <= 0:
             raise CatdogError(

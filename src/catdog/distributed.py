@@ -198,9 +198,11 @@ def epoch_batches(
 
 def effective_lr(cfg: RuntimeConfig, lr: float, global_batch: int) -> float:
     """The learning rate after the chosen scaling rule for the global batch."""
-    ratio = global_batch / cfg.lr_base_batch
     if cfg.lr_scaling == "none":
         return lr
+    if cfg.lr_base_batch < 1:
+        raise CatdogError(f"--lr-base-batch must be positive, got {cfg.lr_base_batch}")
+    ratio = global_batch / cfg.lr_base_batch
     if cfg.lr_scaling == "linear":
         return lr * ratio
     if cfg.lr_scaling == "sqrt":
