@@ -22,8 +22,11 @@ own process, and fits each stage into its minutes by measurement rather than by 
 GPU's speed: the VAE runs two epochs, and is resumed with the epoch count that fills its
 budget at the measured epoch time (so its cosine schedule ends on time). The diffusion model
 trains at a constant rate for three quarters of its budget and is resumed with a cooldown
-(`--cooldown-epochs`) sized to fill the rest at the first phase's wall time per epoch. Every
-stage also has a hard `--max-minutes` cap.
+(`--cooldown-epochs`) of a third of the epochs it reached (a quarter of all epochs). Every
+stage also has a hard `--max-minutes` cap, and no stage may start or run past the run's own
+`--deadline-minutes` (default 9, inside the device's 10-minute limit): the sample grids are
+skipped when time is short. The smoke test's failure is recorded, not fatal: training does not
+depend on it.
 Only small files come back (the device returns at most 8): `timings.json` (rewritten after
 every stage, so a killed run still reports), `log.txt`, the three exported weight files, and
 `runs.tar.gz` with each run's config, metrics, loss curves and last sample pictures.
@@ -41,7 +44,9 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -105,9 +110,10 @@ def unpack(pack_dir: Path, data_dir: Path) -> dict[str, int]:
 class Pipeline:
     """The stages of one `run`, sharing its clock, its log and its timings file."""
 
-    def __init__(self, out: Path, smoke: bool) -> None:
+    def __init__(self, out: Path, smoke: bool, deadline_minutes: float) -> None:
         self.out = out
         self.started = time.monotonic()
+        self.deadline = self.started + 60 * deadline_minutes
         self.log = out / "log.txt"
         self.timings: dict = {
             **record_header(),
@@ -124,15 +130,30 @@ class Pipeline:
         tmp.write_text(json.dumps(self.timings, indent=1))
         os.replace(tmp, self.out / "timings.json")
 
+    def left(self) -> float:
+        """Seconds to the run's deadline."""
+        return self.deadline - time.monotonic()
+
+    def cap(self, minutes: float, reserve: float) -> str:
+        """A stage's --max-minutes: its own cap, or what the deadline leaves after ``reserve``
+        seconds for the stages after it (start-up and final evaluation come on top of it)."""
+        return f"{max(0.05, min(minutes, (self.left() - reserve) / 60)):.3f}"
+
     def stage(self, name: str, argv: list[str]) -> float:
         """Run one CLI command, its output appended to the log; its wall time, recorded."""
+        if self.left() <= 0:
+            raise SystemExit(f"{name} not started: the run's deadline has passed")
         start = time.monotonic()
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
         with self.log.open("a") as log:
             log.write(f"\n### {name}: {' '.join(argv)}\n")
             log.flush()
-            code = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT).returncode  # fmt: skip
+            try:
+                code = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT,
+                                      timeout=max(1.0, self.left())).returncode  # fmt: skip
+            except subprocess.TimeoutExpired:
+                code = "killed at the deadline"
         seconds = time.monotonic() - start
         self.timings["stages"][name] = {"seconds": round(seconds, 1), "exit": code}
         self.save()
@@ -187,7 +208,7 @@ def smoke_test(device: str, smoke: bool) -> dict:
     )
     vae, _ = checkpoint.find_vae(ROOT / "src/catdog/weights/catdog_diffusion.safetensors", record)
     model.to(device)
-    vae.to(device)
+    vae.to(device)  # decode_latents decodes on the VAE's device
     start = time.perf_counter()
     z = sample_latents(model, schedule, torch.zeros(16, dtype=torch.long), list(range(16)),
                        sampler="dpmpp", steps=20, guidance=2.0, device=device)  # fmt: skip
@@ -198,16 +219,26 @@ def smoke_test(device: str, smoke: bool) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
-    out, work = Path(args.out), Path(args.work)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # A fresh folder each time: a rerun on a machine still warm from a failed one must not find
+    # that run's folders (a new run refuses a folder that holds one).
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="catdog_gpu_"))
     work.mkdir(parents=True, exist_ok=True)
-    p = Pipeline(out, args.smoke)
+    p = Pipeline(out, args.smoke, args.deadline_minutes)
+    p.timings["work"] = str(work)
+    p.save()
     device = "cpu" if args.smoke else "cuda"
     runtime = ["--device", device, "--precision", "fp32" if args.smoke else "bf16"]
     quiet = ["--no-progress"]
 
     start = time.monotonic()
-    p.timings["smoke_test"] = smoke_test(device, args.smoke)
+    try:
+        p.timings["smoke_test"] = smoke_test(device, args.smoke)
+    except Exception as exc:  # noqa: BLE001 - recorded; training does not depend on it
+        p.timings["smoke_test"] = {"error": f"{type(exc).__name__}: {exc}"}
+        with p.log.open("a") as log:
+            log.write("### smoke_test failed\n" + traceback.format_exc())
     p.timings["stages"]["smoke_test"] = {"seconds": round(time.monotonic() - start, 1)}
     start = time.monotonic()
     data = work / "data"
@@ -218,8 +249,11 @@ def run(args: argparse.Namespace) -> None:
     vgg = str(Path(args.pack) / PACK_VGG)
     vae_dir, dec_dir, diff_dir = work / "vae", work / "decoder", work / "diffusion"
     vae_preset, diff_preset = ("tiny", "tiny") if args.smoke else ("gpu", "gpu")
+    # What each stage keeps back for the ones after it: their caps and ~30 s of start-up each.
+    after_vae = 60 * (args.decoder_minutes + args.diffusion_minutes) + 150
+    after_decoder = 60 * args.diffusion_minutes + 120
     # VAE: two epochs to measure the epoch time, then resumed to fill its budget.
-    budget = 60 * args.vae_minutes
+    budget = min(60 * args.vae_minutes, p.left() - after_vae)
     seconds = p.stage("vae_calibrate", [
         "main.py", "--mode", "vae", "--preset", vae_preset, "--data_dir", str(data),
         "--vgg_weights", vgg, "--save_dir", str(vae_dir), "--epochs", "1000", "--stop_at_epoch",
@@ -232,7 +266,7 @@ def run(args: argparse.Namespace) -> None:
     p.timings["stages"]["vae_calibrate"]["epoch_seconds"] = epoch_seconds
     p.stage("vae", [
         "main.py", "--mode", "vae", "--resume", "--save_dir", str(vae_dir), "--epochs",
-        str(vae_epochs), "--max_minutes", f"{left / 60:.3f}", *runtime, *quiet,
+        str(vae_epochs), "--max_minutes", p.cap(left / 60, after_vae), *runtime, *quiet,
     ])  # fmt: skip
     p.timings["stages"]["vae"].update(summary(vae_dir, "images_per_s"))
     vae_best = vae_dir / "vae_gan_best.pt"
@@ -240,33 +274,35 @@ def run(args: argparse.Namespace) -> None:
     p.stage("decoder", [
         "main.py", "--mode", "vae", "--finetune_decoder", str(vae_best), "--data_dir", str(data),
         "--vgg_weights", vgg, "--save_dir", str(dec_dir), "--eval_every", "10", "--viz_every",
-        "1000", "--checkpoint_every", "10", "--max_minutes", str(args.decoder_minutes),
-        *runtime, *quiet,
+        "1000", "--checkpoint_every", "10", "--max_minutes",
+        p.cap(args.decoder_minutes, after_decoder), *runtime, *quiet,
     ])  # fmt: skip
     p.timings["stages"]["decoder"].update(summary(dec_dir, "images_per_s"))
     decoder = next(f for f in (dec_dir / "vae_gan_final.pt", dec_dir / "vae_gan_best.pt")
                    if f.is_file())  # fmt: skip
 
-    # Diffusion: a constant rate for three quarters of the budget, then a cooldown for the rest.
+    # Diffusion: a constant rate for three quarters of the budget, then a cooldown of a third
+    # as many epochs (a quarter of the run). Export and the sample grids keep ~90 s back.
     budget = 60 * args.diffusion_minutes
-    seconds = p.stage("diffusion_constant", [
+    p.stage("diffusion_constant", [
         "main.py", "--mode", "diffusion", "--preset", diff_preset, "--vae_path", str(vae_best),
         "--data_dir", str(data), "--vgg_weights", vgg, "--save_dir", str(diff_dir),
-        "--epochs", "1000000", "--max_minutes", f"{0.75 * budget / 60:.3f}", *runtime, *quiet,
+        "--epochs", "1000000", "--max_minutes", p.cap(0.75 * budget / 60, 0.25 * budget + 120),
+        *runtime, *quiet,
     ])  # fmt: skip
-    reached = metrics(diff_dir)[-1]["epoch"]
-    # Wall time per epoch, start-up, checkpoints and pictures included: small epochs on a GPU
-    # cost little next to them, and the cooldown must end before its cap.
-    epoch_seconds = seconds / reached
-    left = max(budget - seconds, 10.0)
-    cooldown = epochs_to_fill(left, epoch_seconds, 1, 1000000)
+    history = metrics(diff_dir)
+    reached = history[-1]["epoch"]
+    # The cooldown's epochs at the training time per epoch (the wall time of the first phase
+    # includes its start-up and latent caching, which the resumed run does not repeat).
+    epoch_seconds = float(np.median([r["epoch_seconds"] for r in history]))
+    cooldown = max(1, reached // 3)
     p.timings["stages"]["diffusion_constant"].update(
-        {"epochs": reached, "epoch_seconds": epoch_seconds}
+        {"epochs": reached, "epoch_seconds": round(epoch_seconds, 3)}
     )
     p.stage("diffusion_cooldown", [
         "main.py", "--mode", "diffusion", "--resume", "--save_dir", str(diff_dir), "--epochs",
         str(reached + cooldown), "--cooldown_epochs", str(cooldown), "--max_minutes",
-        f"{left / 60:.3f}", *runtime, *quiet,
+        p.cap(max(0.25 * budget, 1.5 * cooldown * epoch_seconds) / 60, 90), *runtime, *quiet,
     ])  # fmt: skip
     p.timings["stages"]["diffusion_cooldown"].update(summary(diff_dir, "latents_per_s"))
 
@@ -275,27 +311,40 @@ def run(args: argparse.Namespace) -> None:
         "-m", "catdog", "export", "--model-path", str(diff_dir / "conditional_diffusion_final.pt"),
         "--output", str(weights), "--data-dir", str(data), "--vae-path", str(decoder),
     ])  # fmt: skip
+    p.timings["weights_mib"] = {
+        f.name: round(f.stat().st_size / 2**20, 2) for f in sorted(weights.glob("*.safetensors"))
+    }
+    pack_runs(out, (vae_dir, dec_dir, diff_dir), work)  # before the grids: they are optional
+    p.save()
     for name in CLASSES:
+        if p.left() < 45:
+            p.timings["stages"][f"generate_{name}"] = {"skipped": "too close to the deadline"}
+            continue
         p.stage(f"generate_{name}", [
             "-m", "catdog", "generate", "--model-path",
             str(weights / "catdog_diffusion.safetensors"), "--class-name", name,
             "--num-samples", "8" if args.smoke else "64", "--output",
             str(work / "samples" / name), "--no-progress",
         ])  # fmt: skip
-    with tarfile.open(out / "runs.tar.gz", "w:gz") as tar:
-        for run_dir in (vae_dir, dec_dir, diff_dir):
+    pack_runs(out, (vae_dir, dec_dir, diff_dir), work)
+    p.save()
+    print(json.dumps(p.timings, indent=1))
+
+
+def pack_runs(out: Path, runs: tuple[Path, ...], work: Path) -> None:
+    """runs.tar.gz: each run's config, metrics and loss curves, the last training samples,
+    and the sample grids made so far (written atomically)."""
+    tmp = out / "runs.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        for run_dir in runs:
             for name in ("config.json", "metrics.jsonl", "loss_curves.png"):
                 if (run_dir / name).is_file():
                     tar.add(run_dir / name, f"{run_dir.name}/{name}")
-        for picture in sorted((diff_dir / "samples").glob("*.png"))[-1:]:
+        for picture in sorted((runs[-1] / "samples").glob("*.png"))[-1:]:
             tar.add(picture, f"diffusion/{picture.name}")
         for grid in sorted((work / "samples").glob("*/*grid*.png")):
             tar.add(grid, f"samples/{grid.parent.name}_{grid.name}")
-    p.timings["weights_mib"] = {
-        f.name: round(f.stat().st_size / 2**20, 2) for f in sorted(weights.glob("*.safetensors"))
-    }
-    p.save()
-    print(json.dumps(p.timings, indent=1))
+    os.replace(tmp, out / "runs.tar.gz")
 
 
 def summary(run: Path, speed_key: str) -> dict:
@@ -329,10 +378,12 @@ def main() -> None:
     p = sub.add_parser("run", help="train everything on the GPU (or --smoke: tiny, on the CPU)")
     p.add_argument("--pack", default="data/device")
     p.add_argument("--out", required=True)
-    p.add_argument("--work", default="/tmp/catdog_gpu_pipeline")
-    p.add_argument("--vae-minutes", type=float, default=3.0)
-    p.add_argument("--decoder-minutes", type=float, default=0.6)
-    p.add_argument("--diffusion-minutes", type=float, default=2.6)
+    p.add_argument("--work", default=None, help="scratch folder (default: a new temporary one)")
+    p.add_argument("--vae-minutes", type=float, default=2.5)
+    p.add_argument("--decoder-minutes", type=float, default=0.5)
+    p.add_argument("--diffusion-minutes", type=float, default=2.2)
+    p.add_argument("--deadline-minutes", type=float, default=9.0,
+                   help="no stage starts or runs past this (default: 9)")  # fmt: skip
     p.add_argument("--smoke", action="store_true", help="tiny presets on the CPU (for tests)")
     p = sub.add_parser("record", help="append a returned timings.json to bench/results")
     p.add_argument("out_dir")

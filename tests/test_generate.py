@@ -299,3 +299,14 @@ def test_guide_flag_on_the_original_script(tiny_pair, tiny_guide, tiny_vae, tmp_
                        "--class_guidance", "3", "--output", str(tmp_path / "ng"))  # fmt: skip
     assert_one_line_error(no_guide, "--class-guidance adds a classifier-free term")
     assert not (tmp_path / "ng").exists()
+
+
+def test_decoding_runs_on_the_vae_device_whatever_the_latents_device():
+    """A VAE on another device (here "meta", which computes shapes only; CUDA in use) decodes
+    CPU latents there: the only failure left is the copy back of meta's data-less result."""
+    from catdog.config import VAEConfig
+    from catdog.generate import decode_latents
+
+    vae = VAE(VAEConfig(image_size=16, channels=(8, 16), latent_channels=2, norm_groups=4))
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
+        decode_latents(vae.to("meta"), torch.zeros(3, 2, 8, 8))

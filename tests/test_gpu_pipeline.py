@@ -3,8 +3,10 @@
 import importlib.util
 import json
 import tarfile
+import time
 
 import numpy as np
+import pytest
 import torch
 
 from catdog import checkpoint
@@ -65,10 +67,29 @@ def test_pack_then_smoke_run_trains_exports_and_reports_within_the_device_limits
     assert all(len(f.relative_to(out).parts) <= 3 for f in files)
 
 
-def test_record_appends_the_returned_timings(tmp_path, monkeypatch):
+def load_script():
     spec = importlib.util.spec_from_file_location("gpu_pipeline", ROOT / SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_no_stage_starts_or_runs_past_the_deadline(tmp_path):
+    module = load_script()
+    p = module.Pipeline(tmp_path, smoke=True, deadline_minutes=1.0)
+    assert float(p.cap(0.5, reserve=0)) == 0.5  # its own cap, when the deadline is far
+    assert float(p.cap(5.0, reserve=0)) <= 1.0  # else what the deadline leaves
+    assert float(p.cap(5.0, reserve=50)) == pytest.approx(10 / 60, abs=2e-3)
+    p.deadline = time.monotonic() + 2
+    with pytest.raises(SystemExit, match="sleeper failed .exit killed at the deadline"):
+        p.stage("sleeper", ["-c", "import time; time.sleep(60)"])
+    assert json.loads((tmp_path / "timings.json").read_text())["stages"]["sleeper"]["seconds"] < 60
+    with pytest.raises(SystemExit, match="not started: the run's deadline has passed"):
+        p.stage("late", ["-c", "pass"])
+
+
+def test_record_appends_the_returned_timings(tmp_path, monkeypatch):
+    module = load_script()
     import common  # bench/common.py, on the path once the script is loaded
 
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")

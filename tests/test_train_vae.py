@@ -414,3 +414,14 @@ def test_fine_tuning_options_that_cannot_combine(tiny_data, tiny_vae, tmp_path):
     with pytest.raises(CatdogError, match="decoder fine-tuning keeps the encoder fixed"):
         train(equiv)
     assert not (tmp_path / "both").exists() and not (tmp_path / "equiv").exists()
+
+
+def test_the_training_set_is_encoded_on_the_vae_device():
+    """As decode_latents (test_generate): CPU images reach a VAE on another device."""
+    from catdog.config import VAEConfig
+    from catdog.models.vae import VAE
+
+    vae = VAE(VAEConfig(image_size=16, channels=(8, 16), latent_channels=2, norm_groups=4))
+    images = torch.zeros(3, 3, 16, 16, dtype=torch.uint8)
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
+        encode_training_set(vae.to("meta"), images)

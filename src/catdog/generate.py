@@ -90,9 +90,11 @@ def decode_latents(
     vae: torch.nn.Module, normalised: torch.Tensor, batch_size: int = 256
 ) -> torch.Tensor:
     """Images in [-1, 1] (on the CPU) from normalised latents: the exact inverse of the
-    normalisation the diffusion model was trained with, then the decoder, in batches."""
+    normalisation the diffusion model was trained with, then the decoder, in batches, on the
+    VAE's device."""
+    device = next(vae.parameters()).device
     return torch.cat([
-        vae.decode(vae.denormalize_latent(chunk.cpu())).clamp(-1, 1)
+        vae.decode(vae.denormalize_latent(chunk.to(device))).clamp(-1, 1).cpu()
         for chunk in normalised.split(batch_size)
     ])  # fmt: skip
 

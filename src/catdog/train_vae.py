@@ -79,14 +79,15 @@ def encode_means(vae: VAE, images: torch.Tensor, batch_size: int = 256) -> torch
 @torch.no_grad()
 def encode_training_set(vae: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Posterior (mean, logvar) of every image and of its mirror image: rows [0, N) as given,
-    [N, 2N) flipped."""
+    [N, 2N) flipped. Encoded on the VAE's device, returned on the CPU."""
+    device = next(vae.parameters()).device
     means, logvars = [], []
     for flip in (False, True):
         for chunk in images.split(256):
-            x = to_float(chunk)
+            x = to_float(chunk).to(device)
             mean, logvar = vae.encode(x.flip(-1) if flip else x)
-            means.append(mean)
-            logvars.append(logvar)
+            means.append(mean.cpu())
+            logvars.append(logvar.cpu())
     return torch.cat(means), torch.cat(logvars)
 
 
