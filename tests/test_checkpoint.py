@@ -53,6 +53,8 @@ def test_vae_saved_is_vae_loaded_output_for_output(tmp_path):
 def test_missing_corrupt_truncated_and_wrong_kind(tmp_path):
     with pytest.raises(CatdogError, match="not found"):
         checkpoint.load(tmp_path / "none.pt", checkpoint.KIND_VAE)
+    with pytest.raises(CatdogError, match="is a folder; give the file itself"):
+        checkpoint.load(tmp_path, checkpoint.KIND_VAE)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage" * 100)
     with pytest.raises(CatdogError, match="corrupt or truncated"):
@@ -119,3 +121,13 @@ def test_fp16_files_refuse_weights_fp16_cannot_hold_and_foreign_files_are_named(
     upper = tmp_path / "VAE.SAFETENSORS"  # the suffix in capitals is the same format
     checkpoint.save_safetensors(upper, checkpoint.KIND_VAE, checkpoint.vae_payload(VAE(TINY), {}))
     assert checkpoint.load_vae(upper)[1]["kind"] == checkpoint.KIND_VAE
+
+
+def test_an_output_folder_that_is_a_file_is_named_as_such(tmp_path):
+    taken = tmp_path / "README.md"
+    taken.write_text("x")
+    with pytest.raises(CatdogError, match="README.md is a file, and a folder is needed here"):
+        checkpoint.check_writable(taken)
+    with pytest.raises(CatdogError, match="is a file"):
+        checkpoint.check_output_file(taken / "out.json")
+    assert taken.read_text() == "x"

@@ -157,6 +157,9 @@ def test_bad_option_values(tiny_data, tmp_path):
         (["--color-jitter", "-0.1"], r"--color-jitter must be in \[0, 1\)"),
         (["--val-limit", "1"], "--val-limit must be 0 .all. or at least 2"),
         (["--lr-scaling", "sqrt", "--lr-base-batch", "-32"], "--lr-base-batch must be positive"),
+        (["--max-minutes", "-1"], "--max-minutes must be positive"),
+        (["--stop-at-epoch", "0"], "--stop-at-epoch must be at least 1"),
+        (["--image-size", "0"], "--image-size must be positive"),
     ):
         with pytest.raises(CatdogError, match=message):
             vae_config_from_args(parser.parse_args(flags))

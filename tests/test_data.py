@@ -11,6 +11,7 @@ from catdog.data import (
     load_split,
     load_stl10,
     random_resized_crops,
+    read_class_folder,
     resolve_kind,
     to_float,
     to_uint8,
@@ -79,6 +80,12 @@ def test_stl10_auto_detection(tmp_path):
 def test_stl10_missing_without_download_says_how_to_fix(tmp_path):
     with pytest.raises(CatdogError, match="stl10_binary.tar.gz.*--data-dir"):
         load_stl10(tmp_path, "train", 48, download=False)
+
+
+def test_stl10_missing_with_no_download_does_not_advise_a_download_flag(tmp_path):
+    with pytest.raises(CatdogError, match=r"not found \(no download asked for\)") as caught:
+        load_stl10(tmp_path, "train", 48, download=False)
+    assert "download=True" not in str(caught.value)
 
 
 def test_stl10_download_failure_is_a_clear_error(tmp_path, monkeypatch):
@@ -203,6 +210,11 @@ def test_an_oversized_image_is_skipped_with_its_name(tmp_path, monkeypatch):
 def test_missing_directory_and_missing_classes(tmp_path):
     with pytest.raises(CatdogError, match="data directory not found"):
         resolve_kind(DataConfig(data_dir=str(tmp_path / "nope")))
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(CatdogError, match="notes.md is a file; --data-dir needs a folder"):
+        resolve_kind(DataConfig(data_dir=str(tmp_path / "notes.md")))
+    with pytest.raises(CatdogError, match="image folder not found"):
+        read_class_folder(tmp_path / "nope", 16)
     (tmp_path / "birds").mkdir()
     with pytest.raises(CatdogError, match="no cat/ and dog/"):
         resolve_kind(DataConfig(data_dir=str(tmp_path)))

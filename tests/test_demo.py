@@ -90,6 +90,16 @@ def test_a_missing_data_dir_stops_the_demo_before_it_writes(tmp_path):
     assert not out.exists()
 
 
+def test_bad_counts_and_seeds_stop_the_demo_before_it_writes(tmp_path, capsys):
+    from catdog.demo import main
+
+    out = tmp_path / "demo"
+    assert main(["--output", str(out), "--num-samples", "0"]) == 2
+    assert "--num-samples must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["--output", str(out), "--seed", "-1"]) == 2
+    assert not out.exists()
+
+
 def test_original_scripts_default_to_the_shipped_weights(tmp_path):
     result = run_cli("generate.py", "--class_name", "dog", "--num_samples", "2",
                      "--output", str(tmp_path), "--seed", "7")  # fmt: skip

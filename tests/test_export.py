@@ -127,6 +127,18 @@ def test_export_refuses_a_guide_that_does_not_belong(tiny_pair, tiny_vae, tmp_pa
     assert not (tmp_path / "y").exists()
 
 
+def test_export_refuses_a_bad_scale_and_an_output_that_is_a_file(tiny_pair, tmp_path):
+    for bad in (float("nan"), -3.0):
+        with pytest.raises(CatdogError, match="--guidance must be a finite number >= 0"):
+            export_pair(tiny_pair, tmp_path / "x", guidance=bad)
+    assert not (tmp_path / "x").exists()
+    taken = tmp_path / "notes.md"
+    taken.write_text("x")
+    with pytest.raises(CatdogError, match="notes.md is a file"):
+        export_pair(tiny_pair, taken)
+    assert taken.read_text() == "x"
+
+
 def test_weights_beyond_fp16_leave_an_earlier_export_whole(tiny_pair, tmp_path):
     """The diffusion weights are checked before the VAE file (written first) is touched."""
     out = tmp_path / "weights"

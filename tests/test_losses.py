@@ -72,6 +72,8 @@ def test_vgg_bad_files_are_clear_errors(tmp_path):
     torch.save({"foo": torch.zeros(1)}, wrong)
     with pytest.raises(CatdogError, match="not a torchvision vgg16"):
         load_vgg16_features(wrong)
+    with pytest.raises(CatdogError, match="VGG16 weights file .* is a folder"):
+        load_vgg16_features(str(tmp_path))
 
 
 def test_vgg_download_failure_says_how_to_fix(tmp_path, monkeypatch):

@@ -141,6 +141,9 @@ def test_fit_selector_and_select_from_the_command_line(tiny_pair, tiny_data, vgg
     assert record["images"] == 24 and "train" in record["fitted_on"]
     assert_one_line_error(run_cli("-m", "catdog", "fit-selector", "--data-dir", str(tiny_data),
                                   "--output", str(path.parent)), "is a folder")  # fmt: skip
+    assert_one_line_error(run_cli("-m", "catdog", "fit-selector", "--data-dir", str(tiny_data),
+                                  "--output", str(tmp_path / "s.safetensors"), "--image-size",
+                                  "-5"), "--image-size must be at least 16")  # fmt: skip
     out = tmp_path / "samples"
     common = ("generate.py", "--class_name", "cat", "--num_samples", "2", "--steps", "3",
               "--model_path", str(tiny_pair), "--no-progress")  # fmt: skip

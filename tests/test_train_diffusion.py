@@ -182,6 +182,21 @@ def test_a_resumed_run_checks_its_saved_batch_against_gradient_accumulation(
     assert train(cfg, resume=True, given={"runtime": {"grad_accum": 2}})["epoch"] == 2
 
 
+def test_bad_dropouts_and_a_save_dir_that_is_a_file_are_refused_before_any_work(
+    tiny_data, tiny_vae, tmp_path
+):
+    for name, value in (("class_dropout", -0.5), ("dropout", 1.0)):
+        cfg = tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path / name)
+        setattr(cfg.unet, name, value)
+        with pytest.raises(CatdogError, match=f"{name.replace('_', ' ')} must be in .0, 1."):
+            train(cfg)
+        assert not (tmp_path / name / LATENTS).exists()
+    taken = tmp_path / "notes.md"
+    taken.write_text("x")
+    with pytest.raises(CatdogError, match="notes.md is a file"):
+        train(tiny_diffusion_cfg(tiny_data, tiny_vae, taken))
+
+
 def test_vae_without_statistics_is_refused_and_a_new_unet_takes_the_vae_shape(
     tiny_data, tiny_vae, tmp_path
 ):

@@ -20,7 +20,7 @@ import torch
 
 from .config import DEFAULT_GUIDANCE, ScheduleConfig, UNetConfig, VAEConfig, from_dict, to_dict
 from .diffusion import NoiseSchedule
-from .errors import CatdogError, one_line
+from .errors import CatdogError, missing_file, one_line
 from .models.unet import UNet
 from .models.vae import VAE
 
@@ -37,6 +37,29 @@ KIND_NAMES = {
     KIND_DIFFUSION_TRAIN_STATE: "a diffusion training state",
     KIND_SELECTOR: "a sample selector",
 }
+
+
+def check_writable(folder: Path) -> None:
+    """A folder about to be written into: created if missing, and writable (one line if not)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CatdogError(f"{folder} is a file, and a folder is needed here")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise CatdogError(
+            f"cannot write to output folder {folder}: {exc.strerror or exc}"
+        ) from None
+
+
+def check_output_file(path: Path) -> None:
+    """A file about to be written: not an existing folder, and its folder writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise CatdogError(f"output {path} is a folder; give a file name")
+    check_writable(path.parent)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -146,7 +169,7 @@ def load(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     ``.safetensors`` files (the shipped fp16 weights) load into the same record, in fp32."""
     path = Path(path)
     if not path.is_file():
-        raise CatdogError(f"checkpoint not found: {path}")
+        raise missing_file(path, "checkpoint")
     try:
         if path.suffix.lower() == ".safetensors":
             record = _load_safetensors(path)
@@ -308,7 +331,7 @@ def find_vae(
                 )
             return vae, candidate
     if vae_path is not None:
-        raise CatdogError(f"VAE checkpoint not found: {vae_path}")
+        raise missing_file(vae_path, "VAE checkpoint")
     raise CatdogError(
         f"cannot find the VAE that {diffusion_path} was trained on (looked for {link['path']}); "
         "pass it with --vae_path"

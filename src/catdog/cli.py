@@ -314,6 +314,10 @@ def _check_shared_config(cfg: VAETrainConfig | DiffusionTrainConfig) -> None:
         raise CatdogError(f"--color-jitter must be in [0, 1), got {cfg.data.color_jitter}")
     if cfg.runtime.lr_base_batch < 1:
         raise CatdogError(f"--lr-base-batch must be positive, got {cfg.runtime.lr_base_batch}")
+    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
+        raise CatdogError(f"--max-minutes must be positive, got {cfg.max_minutes}")
+    if cfg.stop_at_epoch is not None and cfg.stop_at_epoch < 1:
+        raise CatdogError(f"--stop-at-epoch must be at least 1, got {cfg.stop_at_epoch}")
 
 
 def _check_vae_config(cfg: VAETrainConfig) -> None:
@@ -327,6 +331,8 @@ def _check_vae_config(cfg: VAETrainConfig) -> None:
         raise CatdogError(f"--lr must be positive, got {cfg.lr}")
     if cfg.latent_noise < 0:
         raise CatdogError(f"--latent-noise must be 0 or more, got {cfg.latent_noise}")
+    if cfg.model.image_size <= 0:
+        raise CatdogError(f"--image-size must be positive, got {cfg.model.image_size}")
     if cfg.model.image_size % 2 ** (len(cfg.model.channels) - 1):
         raise CatdogError(
             f"image size {cfg.model.image_size} is not divisible by the VAE's downsampling "
@@ -851,14 +857,15 @@ def add_fit_selector_args(parser: argparse.ArgumentParser) -> None:
 def cmd_fit_selector(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from . import selector
+    from . import checkpoint, selector
     from .config import DataConfig
     from .data import load_split
-    from .generate import check_output_file
     from .losses import load_vgg16_features
 
+    if args.image_size < 16:  # the images the selector scores are 48 px; tests use 16
+        raise CatdogError(f"--image-size must be at least 16, got {args.image_size}")
     output = Path(args.output)
-    check_output_file(output)
+    checkpoint.check_output_file(output)
     data = load_split(DataConfig(data_dir=args.data_dir, dataset=args.dataset,
                                  image_size=args.image_size), args.split)  # fmt: skip
     vgg = load_vgg16_features(args.vgg_weights, off_hint="a selector needs them")

@@ -76,10 +76,13 @@ def resolve_kind(cfg: DataConfig) -> str:
         raise CatdogError(f"unknown dataset {cfg.dataset!r}; choose auto, folder or stl10")
     if cfg.dataset == "stl10":
         return "stl10"
+    if root.is_file():
+        raise CatdogError(f"{root} is a file; --data-dir needs a folder of cat/ and dog/ photos "
+                          "or an STL-10 root")  # fmt: skip
     if not root.is_dir():
         raise CatdogError(
-            f"data directory not found: {root} (point --data-dir at a folder with cat/ and dog/ "
-            "subfolders, or use --dataset stl10 to download STL-10 into it)"
+            f"data directory not found: {root} (give a folder with cat/ and dog/ subfolders, or "
+            "an STL-10 root; training downloads STL-10 into it with --dataset stl10)"
         )
     # The usual layouts first, then STL-10's files, then any SPLIT/cat and SPLIT/dog: a folder
     # of STL-10 may hold other cat/ dog/ folders beside it (samples kept for evaluate, say).
@@ -153,6 +156,8 @@ def read_class_folder(folder: Path, image_size: int, *, split: str | None = None
     With ``split`` ("train" or "test") only that part of the fixed 90/10 split is kept.
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise CatdogError(f"image folder not found: {folder}")
     if not _has_class_dirs(folder):
         raise CatdogError(f"{folder} has no cat/ and dog/ folders")
     samples = make_dataset(
@@ -228,8 +233,13 @@ def load_stl10(
         raise CatdogError(f"unknown STL-10 split {split!r}; choose from {', '.join(STL10_SPLITS)}")
     try:
         dataset = STL10Files(str(data_dir), split=split, download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise CatdogError(_stl10_missing(data_dir, f"not found ({exc})")) from None
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use
+        # download=True ...", which --no-download contradicts: said only after a download
+        raise CatdogError(
+            _stl10_missing(
+                data_dir, f"not found ({exc})" if download else "not found (no download asked for)"
+            )
+        ) from None
     except OSError as exc:  # URLError is an OSError: no network
         raise CatdogError(
             _stl10_missing(data_dir, f"not found and download failed ({exc})")

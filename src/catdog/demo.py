@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())  # the first paragraph, on one line
+    parser = argparse.ArgumentParser(prog="python -m catdog.demo", description=summary)
     parser.add_argument("--output", default=str(REPO / "demo"), help="folder for the pictures")
     parser.add_argument("--num-samples", type=int, default=16, help="images per class")
     parser.add_argument("--seed", type=int, default=0)
@@ -33,12 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         help="real photos (STL-10 root or cat/dog folder) for the comparison figure (optional)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    from .generate import generate
+    from .generate import check_seed, generate
     from .visualize import make_figures
 
     out = Path(args.output)
     start = time.monotonic()
     try:
+        if args.num_samples < 1:
+            raise CatdogError(f"--num-samples must be at least 1, got {args.num_samples}")
+        check_seed(args.seed, args.num_samples)
         # The figures first: they read --data-dir, so a bad one stops the demo before it writes.
         figures = make_figures(
             None,

@@ -42,8 +42,6 @@ from .features import FeatureExtractor, cached_extract, extract, load_inception
 from .generate import _check as check_sampling
 from .generate import (
     check_class_guidance,
-    check_output_file,
-    check_writable,
     load_selector,
     resolve_model_path,
     sample_images,
@@ -221,9 +219,9 @@ def evaluate(cfg: EvaluateConfig, extractor: FeatureExtractor | None = None) -> 
     if output.suffix in (".png", ".md"):
         raise CatdogError(f"--output {output} is the JSON report, and its .png grid and .md table "
                           "are written beside it: give it another suffix (.json)")  # fmt: skip
-    check_output_file(output)
+    checkpoint.check_output_file(output)
     if cfg.cache_dir is not None:
-        check_writable(Path(os.path.expanduser(cfg.cache_dir)))
+        checkpoint.check_writable(Path(os.path.expanduser(cfg.cache_dir)))
     reference = load_split(cfg.data, cfg.reference_split)
     train = load_split(cfg.data, cfg.train_split)
     _check_counts(reference, f"reference split {reference.source}")

@@ -10,6 +10,7 @@ from . import checkpoint
 from .config import DataConfig, from_dict
 from .data import balanced_subset, load_split
 from .errors import CatdogError
+from .generate import check_scales
 
 VAE_FILE, DIFFUSION_FILE = "catdog_vae.safetensors", "catdog_diffusion.safetensors"
 GUIDE_FILE = "catdog_guide.safetensors"
@@ -32,6 +33,7 @@ def export_pair(
     from .train_vae import encode_means
     from .visualize import LatentMap
 
+    check_scales(guidance=guidance)
     unet, schedule, record = checkpoint.load_diffusion(diffusion_path)
     vae, vae_path = checkpoint.find_vae(diffusion_path, record, vae_path)
     guide, guide_link = checkpoint.find_guide(diffusion_path, record, guide_path)  # checks it fits
@@ -53,6 +55,7 @@ def export_pair(
     # The data before any file: a missing data folder must not leave a new VAE beside an old
     # export's diffusion file.
     held_out = balanced_subset(load_split(data_cfg, data_cfg.val_split), 400)
+    checkpoint.check_writable(out)
     vae_file, diffusion_file = out / VAE_FILE, out / DIFFUSION_FILE
     checkpoint.save_safetensors(vae_file, checkpoint.KIND_VAE, checkpoint.payload_of(vae_record))
     shipped_vae, _ = checkpoint.load_vae(vae_file)

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
-from .errors import CatdogError, one_line
+from .errors import CatdogError, missing_file, one_line
 
 INCEPTION_ENV = "CATDOG_INCEPTION_WEIGHTS"
 INCEPTION_ID = "inception-v3-compat-pool3"
@@ -62,7 +62,7 @@ def load_inception(weights_path: str | os.PathLike | None = None) -> InceptionPo
     torch-fidelity's download. A missing file or a failed download is a clear error."""
     path = weights_path or os.environ.get(INCEPTION_ENV) or None
     if path is not None and not Path(path).is_file():
-        raise CatdogError(f"Inception weights file not found: {path}")
+        raise missing_file(path, "Inception weights file")
     return InceptionPool3(path).eval()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -184,24 +183,6 @@ def sample_images(
     return selector.best_of(draw, class_selector, labels, list(seeds), select)
 
 
-def check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise CatdogError(
-            f"cannot write to output folder {folder}: {exc.strerror or exc}"
-        ) from None
-
-
-def check_output_file(path: Path) -> None:
-    """A file about to be written: not an existing folder, and its folder writable."""
-    if path.is_dir():
-        raise CatdogError(f"output {path} is a folder; give a file name")
-    check_writable(path.parent)
-
-
 def generate(cfg: GenerateConfig) -> list[Path]:
     """Generate ``num_samples`` images of ``class_name``; write a grid PNG and one PNG per image.
 
@@ -217,7 +198,7 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     check_class_guidance(cfg.class_guidance, guide)
     class_selector = load_selector(cfg.select, cfg.selector_path, cfg.vgg_weights)
     output = Path(cfg.output)
-    check_writable(output)
+    checkpoint.check_writable(output)
     label = class_label(cfg.class_name)
     seeds = [cfg.seed + i for i in range(cfg.num_samples)]
     steps = schedule.num_timesteps if cfg.sampler == "ddpm" else cfg.steps

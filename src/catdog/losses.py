@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .errors import CatdogError, one_line
+from .errors import CatdogError, missing_file, one_line
 
 VGG_WEIGHTS_ENV = "CATDOG_VGG_WEIGHTS"
 # torchvision's official ImageNet VGG16 weights (VGG16_Weights.IMAGENET1K_V1).
@@ -75,7 +75,7 @@ def load_vgg16_features(
     path = weights or os.environ.get(VGG_WEIGHTS_ENV)
     if path:
         if not Path(path).is_file():
-            raise CatdogError(f"VGG16 weights file not found: {path}")
+            raise missing_file(path, "VGG16 weights file")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if "features.0.weight" in state:  # a full vgg16() state dict also works

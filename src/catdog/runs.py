@@ -67,6 +67,7 @@ def prepare_run(
             f"{save_dir} already holds a {what} run; pass --resume to continue it, or choose "
             "another --save_dir"
         )
+    checkpoint.check_writable(save_dir)
     return cfg, None
 
 

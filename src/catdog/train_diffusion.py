@@ -351,6 +351,9 @@ def train_on(
         raise CatdogError(f"repa hidden width must be >= 1, got {cfg.repa_hidden}")
     if not 0 <= cfg.augment_prob <= 1:
         raise CatdogError(f"augment probability must be in [0, 1], got {cfg.augment_prob}")
+    for name, value in (("class dropout", cfg.unet.class_dropout), ("dropout", cfg.unet.dropout)):
+        if not 0 <= value < 1:
+            raise CatdogError(f"{name} must be in [0, 1), got {value}")
     if not 0 <= cfg.cooldown_epochs <= cfg.epochs:
         raise CatdogError(f"cooldown epochs must be in 0..{cfg.epochs} (the run's epochs), "
                           f"got {cfg.cooldown_epochs}")  # fmt: skip

@@ -241,7 +241,6 @@ def make_figures(
         check_scales,
         check_seed,
         check_steps,
-        check_writable,
         resolve_model_path,
         sample_latents,
     )
@@ -277,7 +276,7 @@ def make_figures(
                   "and skipping the comparison figure")  # fmt: skip
     if test is None:
         latent_map = LatentMap(**record["latent_map"])
-    check_writable(out)  # after the data: a missing data folder leaves nothing behind
+    checkpoint.check_writable(out)  # after the data: a missing data folder leaves nothing behind
     written = [out / "denoising_path.png"]
     save_denoising_path(written[0], unet, vae, schedule, latent_map, seed=seed, steps=steps,
                         guidance=guidance, guide=guide)  # fmt: skip
