@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -143,7 +145,8 @@ def test_moved_pair_finds_its_vae_beside_it(tiny_pair, tiny_vae, tmp_path):
 
 
 def test_original_scripts_end_to_end(tiny_data, tmp_path):
-    """main.py --mode vae, then --mode diffusion, then generate.py, as a user runs them."""
+    """main.py --mode vae, then --mode diffusion, then generate.py, as a user runs them. The
+    diffusion stage is given no data folder: it trains on the one its VAE was trained on."""
     results = tmp_path / "results"
     vae = run_cli("main.py", "--mode", "vae", "--preset", "tiny", "--epochs", "1", "--lr", "1e-3",
                   "--lambda_vgg", "0", "--save_dir", str(results), "--data-dir", str(tiny_data),
@@ -151,9 +154,10 @@ def test_original_scripts_end_to_end(tiny_data, tmp_path):
     assert vae.returncode == 0, vae.stderr
     diffusion = run_cli("main.py", "--mode", "diffusion", "--preset", "tiny",
                         "--vae_path", str(results / "vae_gan_best.pt"), "--epochs", "2",
-                        "--lr", "1e-3", "--save_dir", str(results), "--data-dir", str(tiny_data),
-                        "--no-progress")  # fmt: skip
+                        "--lr", "1e-3", "--save_dir", str(results), "--no-progress")  # fmt: skip
     assert diffusion.returncode == 0, diffusion.stderr
+    saved = json.loads((results / "config.json").read_text())
+    assert saved["data"]["data_dir"] == str(tiny_data)
     out = tmp_path / "samples"
     gen = run_cli("generate.py", "--class_name", "cat", "--num_samples", "4", "--model_path",
                   str(results / "conditional_diffusion_final.pt"), "--steps", "5",

@@ -492,7 +492,8 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
     _flag(
         parser,
         "data-dir",
-        help=f"STL-10 root or a folder with cat/ and dog/ (default: {d.data.data_dir})",
+        help="STL-10 root or a folder with cat/ and dog/ (default: the VAE run's, where it "
+        f"exists, else {d.data.data_dir})",
     )
     _flag(
         parser,
@@ -693,11 +694,30 @@ def cmd_train_diffusion(args: argparse.Namespace) -> None:
     from .train_diffusion import train
 
     cfg = diffusion_config_from_args(args)
+    if args.data_dir is None and not args.resume:
+        _data_of_vae_run(cfg)
     record = train(cfg, resume=args.resume, given=diffusion_overrides(args))
     print(
         f"diffusion run in {cfg.save_dir}: epoch={record.get('epoch')}, "
         f"loss={record.get('loss', float('nan')):.4g}"
     )
+
+
+def _data_of_vae_run(cfg: DiffusionTrainConfig) -> None:
+    """Without --data-dir, a new diffusion run trains on the data its VAE was trained on (the
+    folder the VAE run recorded, where it exists), else on the default."""
+    from pathlib import Path
+
+    from . import checkpoint
+
+    try:
+        recorded = checkpoint.load(cfg.vae_path, checkpoint.KIND_VAE)["train_config"]["data"]
+    except (CatdogError, KeyError, TypeError):
+        return  # training reports a missing or bad VAE in its own words
+    if Path(recorded.get("data_dir", "")).is_dir():
+        cfg.data.data_dir = recorded["data_dir"]
+        if cfg.data.dataset == "auto":
+            cfg.data.dataset = recorded.get("dataset", "auto")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -810,7 +830,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", required=True, help="diffusion checkpoint to export")
-    parser.add_argument("--output", required=True, help="folder for the two .safetensors files")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="folder for the .safetensors files (VAE, model, and its guide if any)",
+    )
     parser.add_argument(
         "--data-dir", default=None,
         help="data whose test split gives the shipped latent map (default: the training data)",
