@@ -131,3 +131,7 @@ def test_an_output_folder_that_is_a_file_is_named_as_such(tmp_path):
     with pytest.raises(CatdogError, match="is a file"):
         checkpoint.check_output_file(taken / "out.json")
     assert taken.read_text() == "x"
+    with pytest.raises(CatdogError, match="cannot write to output folder .*README.md is a file"):
+        checkpoint.check_writable(taken / "sub")
+    checkpoint.check_writable(tmp_path / "new" / "deeper")  # creatable: fine, and not created
+    assert not (tmp_path / "new").exists()

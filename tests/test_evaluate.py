@@ -155,7 +155,7 @@ def test_bad_outputs_and_settings_are_refused_before_any_work(eval_cfg, tiny_pai
         ({"output": str(folder)}, "is a folder"),
         ({"output": str(tmp_path / "e.png")}, "the JSON report"),
         ({"kid_subsets": 0}, "--kid-subsets must be at least 1"),
-        ({"cache_dir": str(cache_file)}, "cannot write to output folder"),
+        ({"cache_dir": str(cache_file)}, "cache_file is a file, and a folder is needed"),
         ({"seed": -3}, "--seed must be in 0.."),
         ({"guidance": float("nan")}, "--guidance must be a finite number"),
     ]

@@ -40,13 +40,19 @@ KIND_NAMES = {
 
 
 def check_writable(folder: Path) -> None:
-    """A folder about to be written into: created if missing, and writable (one line if not)."""
+    """A folder about to be written into: writable, or creatable in its nearest existing parent
+    (one line if not). Nothing is created here: every file is written by ``atomic_write``,
+    which makes its folder, so a command that fails before it writes leaves no empty folder."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise CatdogError(f"{folder} is a file, and a folder is needed here")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CatdogError(f"cannot write to output folder {folder}: {existing} is a file")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as exc:
         raise CatdogError(
