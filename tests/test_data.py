@@ -93,6 +93,9 @@ def test_stl10_download_failure_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(STL10Files, "url", "http://127.0.0.1:9/stl10_binary.tar.gz")
     with pytest.raises(CatdogError, match="download failed"):
         load_stl10(tmp_path, "train", 48, download=True)
+    with pytest.raises(CatdogError, match="download failed"):  # into folders it had to make
+        load_stl10(tmp_path / "new" / "data", "train", 48, download=True)
+    assert not (tmp_path / "new").exists()  # a failed download leaves no empty folders
 
 
 def test_stl10_truncated_file_is_a_clear_error(tmp_path):

@@ -231,21 +231,13 @@ def load_stl10(
     """
     if split not in STL10_SPLITS:
         raise CatdogError(f"unknown STL-10 split {split!r}; choose from {', '.join(STL10_SPLITS)}")
+    made = [p for p in (Path(data_dir), *Path(data_dir).absolute().parents) if not p.exists()]
     try:
-        dataset = STL10Files(str(data_dir), split=split, download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use
-        # download=True ...", which --no-download contradicts: said only after a download
-        raise CatdogError(
-            _stl10_missing(
-                data_dir, f"not found ({exc})" if download else "not found (no download asked for)"
-            )
-        ) from None
-    except OSError as exc:  # URLError is an OSError: no network
-        raise CatdogError(
-            _stl10_missing(data_dir, f"not found and download failed ({exc})")
-        ) from None
-    except ValueError as exc:  # np.reshape of a truncated file
-        raise CatdogError(f"STL-10 files in {data_dir} are corrupt or truncated: {exc}") from None
+        dataset = _open_stl10(data_dir, split, download)
+    finally:  # folders a failed download made and left empty go again (deepest first)
+        for folder in made:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     data = torch.from_numpy(dataset.data)  # (N, 3, 96, 96) uint8, already row-major
     labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
     if len(data) == 0 or len(labels) != len(data):
@@ -269,6 +261,25 @@ def load_stl10(
             )
     images = torch.cat([resize(chunk, image_size) for chunk in data.split(2048)])
     return ImageSet(images, labels, f"STL-10 {data_dir} [{split}]")
+
+
+def _open_stl10(data_dir: str | os.PathLike, split: str, download: bool) -> STL10Files:
+    """torchvision's reader, its errors in our words."""
+    try:
+        return STL10Files(str(data_dir), split=split, download=download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use
+        # download=True ...", which --no-download contradicts: said only after a download
+        raise CatdogError(
+            _stl10_missing(
+                data_dir, f"not found ({exc})" if download else "not found (no download asked for)"
+            )
+        ) from None
+    except OSError as exc:  # URLError is an OSError: no network
+        raise CatdogError(
+            _stl10_missing(data_dir, f"not found and download failed ({exc})")
+        ) from None
+    except ValueError as exc:  # np.reshape of a truncated file
+        raise CatdogError(f"STL-10 files in {data_dir} are corrupt or truncated: {exc}") from None
 
 
 def _stl10_missing(data_dir: str | os.PathLike, what: str) -> str:
