@@ -247,3 +247,31 @@ def test_select_flags_reach_generate_and_evaluate():
         assert (cfg.select, cfg.selector_path, cfg.vgg_weights) == (4, "sel.safetensors", "vgg.pth")
         default = to_config(build_parser().parse_args([command]))
         assert (default.select, default.selector_path, default.vgg_weights) == (1, None, None)
+
+
+def test_a_new_diffusion_run_without_data_flags_takes_the_vae_runs_data(tiny_vae, tmp_path, capsys):
+    from catdog.cli import _data_of_vae_run
+
+    parser = argparse.ArgumentParser()
+    add_diffusion_train_args(parser)
+    recorded = checkpoint.load(tiny_vae, checkpoint.KIND_VAE)["train_config"]["data"]["data_dir"]
+
+    def data_of(*flags):
+        args = parser.parse_args(["--vae-path", str(tiny_vae), *flags])
+        cfg = diffusion_config_from_args(args)
+        _data_of_vae_run(args, cfg)
+        return cfg.data.data_dir, cfg.data.dataset
+
+    assert data_of() == (recorded, "auto")
+    assert recorded in capsys.readouterr().err  # said, not silent
+    assert data_of("--dataset", "stl10") == ("./data", "stl10")  # a data flag: the user's
+    assert data_of("--data-dir", str(tmp_path)) == (str(tmp_path), "auto")
+    assert data_of("--resume") == ("./data", "auto")  # a resumed run keeps its own
+    missing = tmp_path / "v.pt"  # a VAE whose folder is gone: the default
+    record = checkpoint.load(tiny_vae, checkpoint.KIND_VAE)
+    record["train_config"]["data"]["data_dir"] = str(tmp_path / "gone")
+    checkpoint.save(missing, checkpoint.KIND_VAE, checkpoint.payload_of(record))
+    args = parser.parse_args(["--vae-path", str(missing)])
+    cfg = diffusion_config_from_args(args)
+    _data_of_vae_run(args, cfg)
+    assert cfg.data.data_dir == "./data"

@@ -12,6 +12,7 @@ from catdog.data import (
     load_stl10,
     random_resized_crops,
     read_class_folder,
+    read_rgb,
     resolve_kind,
     to_float,
     to_uint8,
@@ -86,6 +87,14 @@ def test_stl10_missing_with_no_download_does_not_advise_a_download_flag(tmp_path
     with pytest.raises(CatdogError, match=r"not found \(no download asked for\)") as caught:
         load_stl10(tmp_path, "train", 48, download=False)
     assert "download=True" not in str(caught.value)
+
+
+def test_detected_stl10_files_are_read_and_never_downloaded(tmp_path, monkeypatch):
+    """auto found stl10_binary/, without the test files: an error, no download attempt."""
+    write_stl10(tmp_path, splits=("train",))
+    monkeypatch.setattr(STL10Files, "url", "http://127.0.0.1:9/stl10_binary.tar.gz")
+    with pytest.raises(CatdogError, match=r"not found \(no download asked for\)"):
+        load_split(DataConfig(data_dir=str(tmp_path)), "test")
 
 
 def test_stl10_download_failure_is_a_clear_error(tmp_path, monkeypatch):
@@ -188,6 +197,9 @@ def test_photos_are_read_upright_square_and_16_bit_greyscale_at_its_brightness(t
     assert cat[2, -6:].float().mean() > 200 and cat[0, -6:].float().mean() < 60  # blue bottom
     dog = data.images[data.labels == 1][0]
     assert torch.all((dog.int() - 128).abs() <= 1)  # not the white of a clipped 16-bit read
+    assert read_rgb(tmp_path / "cat" / "turned.jpg").shape == (20, 20, 3)  # cropped, not squashed
+    Image.fromarray(np.full((8, 8), 128, dtype=np.int32)).save(tmp_path / "grey32.tif")
+    assert np.all(read_rgb(tmp_path / "grey32.tif") == 128)  # 32-bit holding 8-bit values
 
 
 def test_unreadable_image_is_skipped_with_its_name(tmp_path):

@@ -44,14 +44,14 @@ def check_writable(folder: Path) -> None:
     (one line if not). Nothing is created here: every file is written by ``atomic_write``,
     which makes its folder, so a command that fails before it writes leaves no empty folder."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise CatdogError(f"{folder} is a file, and a folder is needed here")
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise CatdogError(f"cannot write to output folder {folder}: {existing} is a file")
-    try:
+    try:  # exists() itself raises PermissionError where a parent cannot be entered
+        if folder.exists() and not folder.is_dir():
+            raise CatdogError(f"{folder} is a file, and a folder is needed here")
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise CatdogError(f"cannot write to output folder {folder}: {existing} is a file")
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as exc:

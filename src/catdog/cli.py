@@ -694,8 +694,7 @@ def cmd_train_diffusion(args: argparse.Namespace) -> None:
     from .train_diffusion import train
 
     cfg = diffusion_config_from_args(args)
-    if args.data_dir is None and not args.resume:
-        _data_of_vae_run(cfg)
+    _data_of_vae_run(args, cfg)
     record = train(cfg, resume=args.resume, given=diffusion_overrides(args))
     print(
         f"diffusion run in {cfg.save_dir}: epoch={record.get('epoch')}, "
@@ -703,21 +702,26 @@ def cmd_train_diffusion(args: argparse.Namespace) -> None:
     )
 
 
-def _data_of_vae_run(cfg: DiffusionTrainConfig) -> None:
-    """Without --data-dir, a new diffusion run trains on the data its VAE was trained on (the
-    folder the VAE run recorded, where it exists), else on the default."""
+def _data_of_vae_run(args: argparse.Namespace, cfg: DiffusionTrainConfig) -> None:
+    """Without --data-dir and --dataset, a new diffusion run trains on the data its VAE was
+    trained on (the folder the VAE run recorded, where it exists), else on the default."""
     from pathlib import Path
 
     from . import checkpoint
 
+    if args.data_dir is not None or args.dataset is not None or args.resume:
+        return
     try:
         recorded = checkpoint.load(cfg.vae_path, checkpoint.KIND_VAE)["train_config"]["data"]
     except (CatdogError, KeyError, TypeError):
         return  # training reports a missing or bad VAE in its own words
-    if Path(recorded.get("data_dir", "")).is_dir():
-        cfg.data.data_dir = recorded["data_dir"]
-        if cfg.data.dataset == "auto":
-            cfg.data.dataset = recorded.get("dataset", "auto")
+    data_dir = recorded.get("data_dir") if isinstance(recorded, dict) else None
+    if isinstance(data_dir, str) and data_dir and Path(data_dir).is_dir():
+        cfg.data.data_dir = data_dir
+        dataset = recorded.get("dataset")
+        cfg.data.dataset = dataset if dataset in ("auto", "folder", "stl10") else "auto"
+        print(f"training on {data_dir}, the data the VAE was trained on (--data-dir to change)",
+              file=sys.stderr)  # fmt: skip
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

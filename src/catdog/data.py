@@ -126,8 +126,9 @@ def load_split(cfg: DataConfig, split: str) -> ImageSet:
             torch.cat([p.labels for p in parts]),
             " + ".join(p.source for p in parts),
         )
-    if kind == "stl10":
-        return load_stl10(cfg.data_dir, split, cfg.image_size, download=cfg.download)
+    if kind == "stl10":  # detected (auto) STL-10 files are read, never downloaded
+        download = cfg.download and cfg.dataset == "stl10"
+        return load_stl10(cfg.data_dir, split, cfg.image_size, download=download)
     return load_folder(cfg.data_dir, split, cfg.image_size)
 
 
@@ -210,6 +211,8 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
             grey = np.asarray(im, dtype=np.float64)
             if im.mode == "F":
                 scale = 255.0 if grey.max(initial=0) <= 1.0 else 1.0  # [0, 1] or [0, 255]
+            elif im.mode == "I" and grey.max(initial=0) <= 255:
+                scale = 1.0  # 32-bit integers holding 8-bit values
             else:
                 scale = 255.0 / 65535.0  # 16-bit data, the common case
             grey = np.clip(np.rint(grey * scale), 0, 255).astype(np.uint8)
