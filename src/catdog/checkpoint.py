@@ -357,12 +357,11 @@ def find_guide(
     noise schedule, latent shape and classes, else the outputs cannot be combined.
     """
     recorded = dict(record.get("guide") or {})
-    link = recorded
-    if guide_path == "none" or (guide_path is None and not link):
+    if guide_path == "none" or (guide_path is None and not recorded):
         return None, {}
     if guide_path is None:  # as recorded; else beside the model (a moved run folder)
-        recorded, here = Path(link["path"]), Path(diffusion_path).parent
-        candidates = [here / recorded] if link.get("shipped") else [recorded, here / recorded.name]
+        link, named, here = recorded, Path(recorded["path"]), Path(diffusion_path).parent
+        candidates = [here / named] if link.get("shipped") else [named, here / named.name]
         path = next((c for c in candidates if c.is_file()), candidates[0])
     else:
         path, link = Path(guide_path), {}

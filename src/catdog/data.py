@@ -1,9 +1,10 @@
 """Cat/dog images: STL-10 (through torchvision) or any folder with cat/ and dog/ subfolders.
 
 Images are decoded once, resized 96 -> ``image_size`` with antialiasing, and held in memory as a
-uint8 tensor (folder photos are first turned upright by their EXIF orientation and centre-cropped
-to a square) (the cat/dog splits are small), so training never decodes a file twice. Labels are
-0 = cat, 1 = dog, and -1 for unlabeled images (STL-10's ``unlabeled`` split).
+uint8 tensor (the cat/dog splits are small), so training never decodes a file twice. Folder
+photos are first turned upright by their EXIF orientation and centre-cropped to a square
+(``read_rgb``). Labels are 0 = cat, 1 = dog, and -1 for unlabeled images (STL-10's
+``unlabeled`` split).
 """
 
 from __future__ import annotations
