@@ -2,13 +2,20 @@ import pytest
 import torch
 from PIL import Image
 
-from catdog import checkpoint
+from catdog import CLASS_NAMES, checkpoint, viz
 from catdog.config import ScheduleConfig, UNetConfig
 from catdog.diffusion import NoiseSchedule, guided_output
 from catdog.errors import CatdogError
 from catdog.generate import sample_latents
 from catdog.models.unet import UNet
-from catdog.visualize import load_gif_frames, make_figures, panel_title, reverse_trajectory
+from catdog.visualize import (
+    comparison_rows,
+    load_gif_frames,
+    make_figures,
+    panel_title,
+    reverse_trajectory,
+    shown_steps,
+)
 
 
 def test_reverse_trajectory_records_every_step(tiny_pair):
@@ -77,3 +84,29 @@ def test_all_figures_are_written(tiny_pair, tiny_data, tmp_path):
     with Image.open(tmp_path / "denoising_cat.gif") as im:
         im.seek(4)
         assert im.info["duration"] == 1500  # the final image is held
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7, 50])
+def test_the_denoising_path_shows_distinct_steps_from_first_to_last(steps):
+    picks = shown_steps(steps, shown=6)
+    assert len(set(picks)) == len(picks) == min(6, steps)  # no panel drawn twice
+    assert picks[0] == 0 and picks[-1] == steps - 1
+
+
+def test_each_comparison_row_is_named_after_its_own_image():
+    labels = torch.tensor([1, 1, 0, 1, 1])  # one cat among dogs: fewer cat rows than asked
+    index, names = comparison_rows(labels, per_class=2)
+    assert len(names) == len(index) == 3
+    for position, name in zip(index.tolist(), names, strict=True):
+        _, class_name, k = name.split()
+        assert class_name == CLASS_NAMES[labels[position]]
+        # "#k": the k-th image of its class, in file order
+        assert position == torch.nonzero(labels == labels[position]).flatten()[int(k[1:])]
+
+
+def test_tsne_of_a_tiny_held_out_set_is_drawn(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 2, 3, 3, generator=generator)  # a 1 + 1 image held-out split
+    viz.save_tsne(tmp_path / "tsne.png", latents, torch.tensor([0, 1]))
+    with Image.open(tmp_path / "tsne.png") as im:
+        im.verify()

@@ -93,6 +93,12 @@ def panel_title(name: str, show: str, i: int, ts: list[int]) -> str:
     return f"{name}: current x_t\nstep {i + 1}, t={ts[i + 1]}"
 
 
+def shown_steps(steps: int, shown: int) -> list[int]:
+    """Up to ``shown`` distinct steps (0-based) of a ``steps``-step trajectory, evenly spread from
+    the first to the last: all of them when there are no more than ``shown``."""
+    return sorted({round(i) for i in np.linspace(0, steps - 1, min(shown, steps))})
+
+
 def save_denoising_path(
     path: str | os.PathLike,
     unet: torch.nn.Module,
@@ -107,16 +113,17 @@ def save_denoising_path(
     shown: int = 6,
     show: str = "x0",
 ) -> None:
-    """One reverse trajectory per class: decoded images at ``shown`` steps (predicted x0, or
+    """One reverse trajectory per class: decoded images at up to ``shown`` steps (predicted x0, or
     the current latent x_t with ``show='xt'``), and beside them the trajectory's latent path
     projected (PCA) onto the cloud of real latents (normalised), coloured by class."""
     cloud, real_labels = latent_map.points.numpy(), latent_map.labels
+    picks = shown_steps(steps, shown)
+    shown = len(picks)
     fig = plt.figure(figsize=(2 + 1.3 * shown + 3.5, 2.6 * len(CLASS_NAMES)))
     grid = fig.add_gridspec(len(CLASS_NAMES), shown + 3)
     for row, name in enumerate(CLASS_NAMES):
         ts, xs, x0s = reverse_trajectory(unet, schedule, row, seed + row, steps=steps,
                                          guidance=guidance, guide=guide)  # fmt: skip
-        picks = np.linspace(0, steps - 1, shown).round().astype(int)
         for col, i in enumerate(picks):
             image = decode_latents(vae, (x0s[i] if show == "x0" else xs[i + 1])[None])[0]
             _show(fig.add_subplot(grid[row, col]), image, panel_title(name, show, i, ts))
@@ -190,6 +197,8 @@ def save_comparison(
     """Rows: real images, labelled with ``names``. Columns: the original, its VAE
     reconstruction, and its latent noised to step t and denoised back with its own class label
     (SDEdit, Meng et al. 2022; for a UNet with sub-classes, one drawn from its class's)."""
+    if len(names) != len(originals.images):
+        raise ValueError(f"{len(names)} names for {len(originals.images)} images")
     x = to_float(originals.images)
     mean, _ = vae.encode(x)
     recon = vae.decode(mean).clamp(-1, 1)
@@ -214,6 +223,17 @@ def save_comparison(
                 axes[row, col].set_title(f"{title}\n({names[row]})", fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def comparison_rows(labels: torch.Tensor, per_class: int) -> tuple[torch.Tensor, list[str]]:
+    """The first ``per_class`` images of each class (positions in ``labels``, in file order) and
+    their names, one per position: a class with fewer images gives fewer rows."""
+    index, names = [], []
+    for label, name in enumerate(CLASS_NAMES):
+        rows = torch.nonzero(labels == label).flatten()[:per_class]
+        index.append(rows)
+        names += [f"test {name} #{k}" for k in range(len(rows))]
+    return torch.cat(index), names
 
 
 def load_gif_frames(path: str | Path) -> list[np.ndarray]:
@@ -293,10 +313,7 @@ def make_figures(
             written.append(out / f"samples_{name}.png")
             save_png(written[-1], image_grid(decode_latents(vae, z), nrow=8), scale=2)
     if test is not None:
-        per_class = max(1, comparisons // 2)
-        index = torch.cat([torch.nonzero(test.labels == c).flatten()[:per_class] for c in (0, 1)])
-        # The k-th image of each class in the test split, in file order.
-        names = [f"test {name} #{k}" for name in CLASS_NAMES for k in range(per_class)]
+        index, names = comparison_rows(test.labels, max(1, comparisons // 2))
         written.append(out / "comparison.png")
         save_comparison(written[-1], unet, vae, schedule, test.subset(index), names,
                         guidance=guidance, guide=guide, seed=seed)  # fmt: skip

@@ -61,9 +61,13 @@ def save_tsne(
     seed: int = 0,
     title: str = "t-SNE of latent means",
 ) -> None:
-    """2D t-SNE (scikit-learn) of flattened latents, coloured by class."""
+    """2D t-SNE (scikit-learn) of flattened latents, coloured by class. Nothing is drawn for
+    fewer than two latents (there is no neighbourhood to embed)."""
     x = latents.flatten(1).double().numpy()
-    perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+    if len(x) < 2:
+        return
+    # scikit-learn requires perplexity < number of points.
+    perplexity = float(min(30, max(2, (len(x) - 1) // 3), len(x) - 1))
     # Exact t-SNE is much faster than Barnes-Hut below ~1000 points (seconds instead of a minute).
     method = "exact" if len(x) <= 1000 else "barnes_hut"
     embedded = TSNE(
