@@ -62,6 +62,16 @@ def test_memorisation_catches_copies_and_not_fresh_samples():
     assert 0.02 < fresh < 0.09  # about the 5 % of real images, by construction
 
 
+def test_too_few_features_is_a_clear_error_not_nan():
+    x = gaussian(10, 4)
+    for metric, few, message in ((kid, x[:1], "KID needs at least 2"), (fid, x[:1], "FID needs"),
+                                 (precision_recall, x[:3], "k = 3 needs at least 4")):  # fmt: skip
+        with pytest.raises(CatdogError, match=message):
+            metric(few, x)
+        with pytest.raises(CatdogError, match=message):
+            metric(x, few)
+
+
 @pytest.fixture()
 def eval_cfg(tiny_data, tmp_path):
     def make(**kw):
@@ -71,6 +81,14 @@ def eval_cfg(tiny_data, tmp_path):
         return EvaluateConfig(**{**base, **kw})
 
     return make
+
+
+def test_a_reference_split_inside_the_training_split_is_refused(eval_cfg, tiny_data):
+    # Else the class probe is fitted on the reference images, and the memorisation threshold,
+    # set on reference images that are themselves training images, is 0.
+    for kw in ({"train_split": "train+test"}, {"reference_split": "train"}):
+        with pytest.raises(CatdogError, match="must be held out"):
+            evaluate(eval_cfg(images=str(tiny_data / "test"), **kw))
 
 
 def test_a_copy_of_the_training_set_scores_as_memorised(eval_cfg, tiny_data, tmp_path):

@@ -83,3 +83,22 @@ def test_real_inception_gives_finite_pool3_features(shared):
     net = load_inception(shared / "weights" / "weights-inception-2015-12-05-6726825d.pth")
     f = extract(net, images(2, 4), progress=False)
     assert f.shape == (4, 2048) and torch.isfinite(f).all() and (f >= 0).all()  # after ReLU+pool
+
+
+def test_cache_does_not_return_features_of_other_inception_weights(shared, tmp_path):
+    # Same feature space, other weights (as another weight file would give): the cache must not
+    # answer for them. The fc layer plays no part in pool3, so it does not split the cache.
+    path = shared / "weights" / "weights-inception-2015-12-05-6726825d.pth"
+    net, x = load_inception(path), images(3, 2)
+    first = cached_extract(net, x, tmp_path, progress=False)
+    state = torch.load(path, weights_only=True)
+    state["Conv2d_1a_3x3.conv.weight"] = 0.5 * state["Conv2d_1a_3x3.conv.weight"]
+    torch.save(state, tmp_path / "other.pth")
+    other = load_inception(tmp_path / "other.pth")
+    features = cached_extract(other, x, tmp_path, progress=False)
+    torch.testing.assert_close(features, extract(other, x, progress=False))
+    assert not torch.allclose(features, first)
+    state = torch.load(path, weights_only=True)
+    state["fc.bias"] = state["fc.bias"] + 1.0
+    torch.save(state, tmp_path / "other_fc.pth")
+    assert load_inception(tmp_path / "other_fc.pth").cache_key == net.cache_key

@@ -52,8 +52,16 @@ from .train_vae import encode_means
 # --------------------------------------------------------------------------- metrics on features
 
 
+def _check_sizes(what: str, minimum: int, *sets: torch.Tensor) -> None:
+    sizes = [len(x) for x in sets]
+    if min(sizes) < minimum:
+        raise CatdogError(f"{what} needs at least {minimum} images in each set, got "
+                          f"{' and '.join(map(str, sizes))}")  # fmt: skip
+
+
 def fid(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (torch-fidelity)."""
+    _check_sizes("FID", 2, a, b)  # a covariance needs two rows
     stats = [fid_features_to_statistics(x.double()) for x in (a, b)]
     return float(fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"])
 
@@ -63,6 +71,7 @@ def kid(
 ) -> tuple[float, float]:
     """Kernel Inception Distance (cubic polynomial kernel, unbiased MMD^2): mean and std over
     ``subsets`` random subsets of size min(1000, len(a), len(b))."""
+    _check_sizes("KID", 2, a, b)  # the unbiased MMD^2 divides by m (m - 1)
     size = min(1000, len(a), len(b))
     out = kid_features_to_metric(
         a.double(), b.double(), kid_subsets=subsets, kid_subset_size=size, kid_kernel="poly",
@@ -76,6 +85,7 @@ def precision_recall(
     generated: torch.Tensor, real: torch.Tensor, k: int = 3
 ) -> tuple[float, float]:
     """Improved precision and recall (k-NN manifolds), torch-fidelity's implementation."""
+    _check_sizes(f"precision/recall with k = {k}", k + 1, generated, real)  # k neighbours + self
     return calculate_precision_recall_full(generated.float(), real.float(), neighborhood=k)
 
 
@@ -211,6 +221,13 @@ def evaluate(cfg: EvaluateConfig, extractor: FeatureExtractor | None = None) -> 
         raise CatdogError(f"--kid-subsets must be at least 1, got {cfg.kid_subsets}")
     if not 0 < cfg.memorisation_quantile < 1:
         raise CatdogError("--memorisation-quantile must be between 0 and 1")
+    shared = set(cfg.train_split.split("+")) & set(cfg.reference_split.split("+"))
+    if shared:  # the probe would be fitted on the reference, and its images match themselves
+        raise CatdogError(
+            f"--train-split {cfg.train_split} and --reference-split {cfg.reference_split} share "
+            f"{'+'.join(sorted(shared))}; the reference split must be held out (the class probe "
+            "and the memorisation check are fitted on the training split)"
+        )
     vae = None
     if cfg.model_path is not None:
         unet, schedule, vae, vae_path, guide, class_selector = _load_model(cfg)

@@ -25,9 +25,14 @@ INCEPTION_ID = "inception-v3-compat-pool3"
 
 
 class FeatureExtractor(torch.nn.Module):
-    """Maps uint8 images (N, 3, H, W) to float features (N, D); ``name`` keys the cache."""
+    """Maps uint8 images (N, 3, H, W) to float features (N, D). ``name`` is the feature space, as
+    reported; ``cache_key`` keys the cache and also tells apart networks with other weights."""
 
     name: str = "features"
+
+    @property
+    def cache_key(self) -> str:
+        return self.name
 
 
 class InceptionPool3(FeatureExtractor):
@@ -35,6 +40,7 @@ class InceptionPool3(FeatureExtractor):
 
     def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
+        import torch_fidelity
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         try:
@@ -51,6 +57,18 @@ class InceptionPool3(FeatureExtractor):
                 f"--inception-weights FILE or set {INCEPTION_ENV} to "
                 "weights-inception-2015-12-05-6726825d.pth"
             ) from None
+        # Features cached from another weight file or another torch-fidelity (its resize) are
+        # never reused. The fc layer is left out: pool3 does not depend on it.
+        digest = hashlib.sha256(torch_fidelity.__version__.encode())
+        for key, value in sorted(self.net.state_dict().items()):
+            if not key.startswith("fc."):
+                digest.update(key.encode())
+                digest.update(value.contiguous().cpu().numpy().tobytes())
+        self.weights_hash = digest.hexdigest()[:12]
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.name}-{self.weights_hash}"
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -98,10 +116,11 @@ def cached_extract(
     cache_dir: str | os.PathLike | None,
     **kwargs,
 ) -> torch.Tensor:
-    """``extract``, reusing features saved under ``cache_dir`` for the same extractor and pixels."""
+    """``extract``, reusing features saved under ``cache_dir`` for the same extractor (its
+    ``cache_key``: feature space and weights) and pixels."""
     if cache_dir is None:
         return extract(extractor, images, **kwargs)
-    path = Path(cache_dir) / f"{extractor.name}-{images_key(images)}.pt"
+    path = Path(cache_dir) / f"{extractor.cache_key}-{images_key(images)}.pt"
     if path.is_file():
         try:
             features = torch.load(path, weights_only=True)
