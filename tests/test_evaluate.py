@@ -91,6 +91,13 @@ def test_a_reference_split_inside_the_training_split_is_refused(eval_cfg, tiny_d
             evaluate(eval_cfg(images=str(tiny_data / "test"), **kw))
 
 
+def test_an_unlabeled_training_split_is_refused(eval_cfg, tiny_data):
+    # The probe ignores unlabelled rows and the generator never saw them; STL-10's 100,000 would
+    # only make the memorisation and reference-point distances huge.
+    with pytest.raises(CatdogError, match="includes unlabeled"):
+        evaluate(eval_cfg(images=str(tiny_data / "test"), train_split="train+unlabeled"))
+
+
 def test_a_copy_of_the_training_set_scores_as_memorised(eval_cfg, tiny_data, tmp_path):
     copies = tmp_path / "copies"
     shutil.copytree(tiny_data / "train", copies)

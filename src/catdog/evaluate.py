@@ -228,6 +228,11 @@ def evaluate(cfg: EvaluateConfig, extractor: FeatureExtractor | None = None) -> 
             f"{'+'.join(sorted(shared))}; the reference split must be held out (the class probe "
             "and the memorisation check are fitted on the training split)"
         )
+    if "unlabeled" in cfg.train_split.split("+"):  # the diffusion stage never trains on it
+        raise CatdogError(
+            f"--train-split {cfg.train_split} includes unlabeled: the class probe and the "
+            "memorisation check need the labelled images a diffusion model trains on"
+        )
     vae = None
     if cfg.model_path is not None:
         unet, schedule, vae, vae_path, guide, class_selector = _load_model(cfg)
