@@ -8,6 +8,7 @@ Appends one record to bench/results/demo.jsonl.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,10 @@ from common import append_record, record_header  # noqa: E402
 
 
 def main() -> None:
+    # no options, but --help (or a mistyped flag) must not run and record the benchmark
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "catdog.demo", "--output", out], check=True,

@@ -8,7 +8,7 @@ guide or ``--guide-path`` names one, optionally with a classifier-free term on t
 Speed does not depend on the weights, so a model pair is optional: without --model-path the
 UNet and VAE of the chosen presets are built with random weights.
 
-    python bench/bench_diffusion.py [--model-path RUN/conditional_diffusion_final.pt]
+    python bench/bench_diffusion.py [--model-path RUN/conditional_diffusion_final.pt] [--rounds 3]
 
 Appends one JSON record to bench/results/diffusion_speed.jsonl.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -94,7 +95,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="images per sampling measurement")
     parser.add_argument("--ddpm-images", type=int, default=8, help="images for the T-step DDPM")
     parser.add_argument("--batch", type=int, default=128, help="training batch")
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="timed calls of each sampler, interleaved round by round; the median is recorded "
+        "(more than 1 on a machine shared with other work)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.model_path and (args.unet or args.preset != "cpu"):
+        parser.error("--preset and --unet build a model with random weights; not with --model-path")
     torch.manual_seed(0)
     if args.model_path:
         unet, schedule, record = checkpoint.load_diffusion(args.model_path)
@@ -109,6 +117,8 @@ def main() -> None:
         guide, link = None, {}
         if args.guide_path not in (None, "none"):
             guide = checkpoint.load_diffusion(args.guide_path)[0]
+    if args.class_guidance != 1.0 and guide is None:
+        parser.error("--class-guidance adds to autoguidance, and there is no guide")
     guidance = checkpoint.resolve_guidance(args.guidance, link)
     record = {
         **record_header(),
@@ -118,17 +128,25 @@ def main() -> None:
         "guide": "autoguidance" if guide is not None else "classifier-free",
         "guide_params": sum(p.numel() for p in guide.parameters()) if guide is not None else 0,
         "class_guidance": args.class_guidance,
+        "images": args.images,
+        "ddpm_images": args.ddpm_images,
+        "train_batch": args.batch,
+        "rounds": args.rounds,
         "train_latents_per_s": round(train_throughput(unet, schedule, args.batch), 1),
         "sampling_images_per_s": {},
     }
     runs = [("ddpm", schedule.num_timesteps, args.ddpm_images)]
     runs += [("ddim", s, args.images) for s in (10, 25, 50)]
     runs += [("dpmpp", s, args.images) for s in (10, 20, 25)]
-    for sampler, steps, n in runs:
-        speed = sample_throughput(unet, vae, schedule, sampler, steps, n, guidance, guide,
-                                  args.class_guidance)  # fmt: skip
-        record["sampling_images_per_s"][f"{sampler}-{steps}"] = round(speed, 2)
-        print(f"{sampler}-{steps}: {speed:.2f} images/s", flush=True)
+    speeds: dict[str, list[float]] = {f"{sampler}-{steps}": [] for sampler, steps, _ in runs}
+    for _ in range(args.rounds):
+        for sampler, steps, n in runs:
+            speed = sample_throughput(unet, vae, schedule, sampler, steps, n, guidance, guide,
+                                      args.class_guidance)  # fmt: skip
+            speeds[f"{sampler}-{steps}"].append(speed)
+            print(f"{sampler}-{steps}: {speed:.2f} images/s", flush=True)
+    for key, values in speeds.items():
+        record["sampling_images_per_s"][key] = round(statistics.median(values), 2)
     print(f"training: {record['train_latents_per_s']} latents/s")
     append_record("diffusion_speed.jsonl", record)
 

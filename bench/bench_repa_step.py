@@ -107,8 +107,8 @@ def main() -> None:
         print(f"REPA {name}: {ms:.1f} ms/step, {results[name]['overhead_pct']:+.1f} %", flush=True)
     append_record("repa_step.jsonl", {
         **record_header(), "unet_config": to_dict(diffusion_preset("cpu").unet),
-        "batch": args.batch, "rounds": args.rounds, "steps_per_round": args.steps,
-        "results": results,
+        "batch": args.batch, "feature_channels": args.feature_channels, "rounds": args.rounds,
+        "steps_per_round": args.steps, "results": results,
     })  # fmt: skip
 
 

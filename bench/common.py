@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
 
 
 def machine() -> str:
@@ -33,16 +35,18 @@ def machine() -> str:
 
 
 def record_header() -> dict:
-    """Date, machine, exact command and commit of this run."""
+    """Date, machine, exact command and commit of this run. The command is shell-quoted, so
+    that it reruns as it ran (a --label or a variant with spaces stays one argument); the commit
+    is the repository's whatever the working directory."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()  # fmt: skip
+                                text=True, cwd=BENCH_DIR).stdout.strip()  # fmt: skip
     except OSError:  # no git (a bare device machine)
         commit = ""
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
-        "command": "python " + " ".join(sys.argv),
+        "command": "python " + shlex.join(sys.argv),
         "commit": commit or "unknown",
     }
 

@@ -157,8 +157,14 @@ def train_discriminator():
     return disc, held, fake_seconds, d_seconds
 
 
+# what the record says of the discriminator: a cached one must have been trained so
+settings = {"width": a.d_width, "steps": a.d_steps, "lr": a.d_lr,
+            "fake_per_class": a.num_fake_per_class, "model_path": a.model_path}  # fmt: skip
 if a.cache and os.path.exists(a.cache):
     saved = torch.load(a.cache, weights_only=True)
+    if saved.get("settings", settings) != settings:  # caches of 2026-11-30 hold no settings
+        raise SystemExit(f"{a.cache} holds a discriminator trained with {saved['settings']}; "
+                         f"this run asks for {settings}")  # fmt: skip
     disc = LatentDiscriminator(unet.cfg.latent_channels, a.d_width)
     disc.load_state_dict(saved["state_dict"])
     held, fake_seconds, d_seconds = saved["held"], saved["fake_seconds"], saved["d_seconds"]
@@ -168,7 +174,7 @@ else:
     disc, held, fake_seconds, d_seconds = train_discriminator()
     if a.cache:
         torch.save({"state_dict": disc.state_dict(), "held": held, "fake_seconds": fake_seconds,
-                    "d_seconds": d_seconds}, a.cache)  # fmt: skip
+                    "d_seconds": d_seconds, "settings": settings}, a.cache)  # fmt: skip
 
 
 def dg(w):

@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -150,6 +151,7 @@ if earlier is not None:
     f_pool = earlier["f_pool"]
 else:
     f_pool = extract(extractor, pool.images, progress=True)
+Path("runs/rerank").mkdir(parents=True, exist_ok=True)
 torch.save({"labels": pool.labels, "f_pool": f_pool, "ranks": ranks, "images": pool.images,
             "v_pool": v_pool}, "runs/rerank/pool.pt")  # fmt: skip
 

@@ -41,6 +41,11 @@ def provenance(r: dict) -> str:
     return f"{r['date']}, {r['machine']}, commit {r.get('commit', '?')}:\n`{r['command']}`"
 
 
+def recorded(r: dict) -> str:
+    """When and where a record was measured, for a table cell: speed tables mix machines."""
+    return f"{r['date']}, {r['machine'].split(', torch ')[0]}"
+
+
 def provenances(out: list[str], rows: list[dict], *, per_command: bool = False) -> None:
     """A "- date, machine, commit: command" line for each record, or with ``per_command`` for
     the first record of each command (a sweep writes one record per setting)."""
@@ -111,7 +116,8 @@ def quality_section(out: list[str]) -> None:
     out.append("")
     provenances(out, sweep, per_command=True)
     out.append(
-        "\nSampling speed for each setting is in the next section (measured alone; these "
+        '\nSampling speed for each setting is under "Sampling speed against step count" '
+        "below (measured alone; these "
         "quality runs shared the CPU with other work, so their times are not reported)."
     )
     out.append("")
@@ -272,8 +278,8 @@ def speed_section(out: list[str]) -> None:
     if not rows:
         return
     keys = list(dict.fromkeys(k for r in rows for k in r["sampling_images_per_s"]))
-    out.append("| UNet widths x blocks | params | guidance | " + " | ".join(keys) + " |")
-    out.append("|---|---|---|" + "---|" * len(keys))
+    out.append("| recorded | UNet widths x blocks | params | guidance | " + " | ".join(keys) + " |")
+    out.append("|---|---|---|---|" + "---|" * len(keys))
     for r in rows:
         u = r["unet_config"]
         speeds = [str(r["sampling_images_per_s"].get(k, "-")) for k in keys]
@@ -281,7 +287,7 @@ def speed_section(out: list[str]) -> None:
                  if r.get("guide") == "autoguidance" else "CFG")  # fmt: skip
         guide += class_guidance_text(r)
         out.append(
-            f"| {tuple(u['channels'])} x {u['blocks_per_level']} | "
+            f"| {recorded(r)} | {tuple(u['channels'])} x {u['blocks_per_level']} | "
             f"{r['unet_params'] / 1e6:.2f} M | {guide} | " + " | ".join(speeds) + " |"
         )
     out.append(
@@ -309,8 +315,8 @@ def repa_step_section(out: list[str]) -> None:
     variants_section(
         out, "What representation alignment costs per training step (batch 128, interleaved)",
         "repa_step.jsonl",
-        ["date", "setting", "projector params", "ms/step (median)", "overhead"],
-        lambda r, name, v: [r["date"], name, f"{v['projector_params'] / 1e6:.2f} M",
+        ["recorded", "setting", "projector params", "ms/step (median)", "overhead"],
+        lambda r, name, v: [recorded(r), name, f"{v['projector_params'] / 1e6:.2f} M",
                             str(v["median_ms_per_step"]), f"{v['overhead_pct']:+.1f} %"],
     )  # fmt: skip
 
@@ -319,8 +325,8 @@ def diffusion_step_section(out: list[str]) -> None:
     variants_section(
         out, "Memory format and torch.compile for the diffusion training step (interleaved)",
         "diffusion_step.jsonl",
-        ["date", "UNet widths", "variant", "ms/step (median)", "against eager", "warm-up (s)"],
-        lambda r, name, v: [r["date"], str(tuple(r["unet_config"]["channels"])), name,
+        ["recorded", "UNet widths", "variant", "ms/step (median)", "against eager", "warm-up (s)"],
+        lambda r, name, v: [recorded(r), str(tuple(r["unet_config"]["channels"])), name,
                             str(v["median_ms_per_step"]), f"{v['vs_eager_pct']:+.1f} %",
                             str(v["warmup_s"])],
         "The default UNet and batch 128 with REPA, as trained; warm-up is three steps (with "
@@ -332,9 +338,9 @@ def sampling_format_section(out: list[str]) -> None:
     variants_section(
         out, "Memory format of the loaded networks for sampling (interleaved)",
         "sampling_format.jsonl",
-        ["date", "model", "format", "images/s", "time against the first",
+        ["recorded", "model", "format", "images/s", "time against the first",
          "largest pixel difference"],
-        lambda r, name, v: [r["date"], r["model_path"], name, str(v["images_per_s"]),
+        lambda r, name, v: [recorded(r), r["model_path"], name, str(v["images_per_s"]),
                             f"{v['vs_first_pct']:+.1f} %", f"{r['max_pixel_diff']:.1e}"],
         "The whole default sampling pipeline (DPM-Solver++ 20 with the model's guide, then the "
         "decoder) for one batch of images (64 unless the command says otherwise), the UNet, "
@@ -347,9 +353,9 @@ def unet_cost_section(out: list[str]) -> None:
     variants_section(
         out, "What a UNet change costs: training step and sampling pass (interleaved)",
         "unet_cost.jsonl",
-        ["date", "variant", "params", "train ms/step", "against the first", "forward ms",
+        ["recorded", "variant", "params", "train ms/step", "against the first", "forward ms",
          "against the first"],
-        lambda r, name, v: [r["date"], name, f"{v['params'] / 1e6:.2f} M",
+        lambda r, name, v: [recorded(r), name, f"{v['params'] / 1e6:.2f} M",
                             str(v["train_ms_per_step"]), f"{v['train_vs_first_pct']:+.1f} %",
                             str(v["forward_ms"]), f"{v['forward_vs_first_pct']:+.1f} %"],
         "Variants of the default UNet: the training step at batch 128 with REPA, eager, as "
@@ -362,12 +368,12 @@ def unet_cost_section(out: list[str]) -> None:
 def training_section(out: list[str]) -> None:
     out.append("## Training throughput\n")
     out.append("### VAE stage\n")
-    out.append("| run | latent | params | epochs | wall minutes | images/s (median) | "
-               "held-out PSNR | probe acc. |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    out.append("| recorded | run | latent | params | epochs | wall minutes | images/s (median) | "
+               "held-out PSNR | probe acc. |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     vae = records("vae.jsonl")
     for r in vae:
         out.append(
-            f"| {r['label']} | {'x'.join(map(str, r['latent_shape']))} | "
+            f"| {recorded(r)} | {r['label']} | {'x'.join(map(str, r['latent_shape']))} | "
             f"{r['vae_params'] / 1e6:.2f} M | {r['epochs_done']} | {r['wall_minutes']} | "
             f"{r['train_images_per_s_median']} | {r['val_psnr_last']} | {r['probe_acc_last']} |"
         )
@@ -375,39 +381,41 @@ def training_section(out: list[str]) -> None:
     provenances(out, vae)
     step = records("vae_step.jsonl")
     if step:
-        out.append("\nOne training step, batch 32 (images/s):\n")
+        out.append(f"\nOne training step, batch {step[-1]['batch']} (images/s):\n")
         for name, value in step[-1]["images_per_s"].items():
             out.append(f"- {name}: {value}")
         out.append(f"\n{provenance(step[-1])}")
     out.append("\n### Diffusion stage\n")
-    out.append("| UNet widths x blocks | attention levels | params | latents/s |")
-    out.append("|---|---|---|---|")
+    out.append("| recorded | UNet widths x blocks | attention levels | params | latents/s |")
+    out.append("|---|---|---|---|---|")
     for r in records("diffusion_speed.jsonl"):
         u = r["unet_config"]
         out.append(
-            f"| {tuple(u['channels'])} x {u['blocks_per_level']} | {tuple(u['attention_levels'])}"
+            f"| {recorded(r)} | {tuple(u['channels'])} x {u['blocks_per_level']} | "
+            f"{tuple(u['attention_levels'])}"
             f" | {r['unet_params'] / 1e6:.2f} M | {r['train_latents_per_s']} |"
         )
+    out.append("\nThe training step of `bench/bench_diffusion.py` (batch 128 unless its command "
+               "says otherwise; the commands are under the sampling speed above).")  # fmt: skip
     runs = records("training_runs.jsonl")
     if runs:
         out.append("\n### Full training runs\n")
-        out.append("| stage | run | epochs | minutes (sum of epochs) | minutes on a quiet "
-                   "machine (epochs x median) | result |")  # fmt: skip
-        out.append("|---|---|---|---|---|---|")
+        out.append("| recorded | stage | run | epochs | minutes (sum of epochs) | minutes on a "
+                   "quiet machine (epochs x median) | result |")  # fmt: skip
+        out.append("|---|---|---|---|---|---|---|")
         for r in runs:
-            out.append(f"| {r['stage']} | {r['label']} | {r['epochs']} | {r['wall_minutes']} | "
-                       f"{r.get('quiet_minutes', '-')} | {r['result']} |")  # fmt: skip
+            out.append(f"| {recorded(r)} | {r['stage']} | {r['label']} | {r['epochs']} | "
+                       f"{r['wall_minutes']} | {r.get('quiet_minutes', '-')} | "
+                       f"{r['result']} |")  # fmt: skip
         out.append("")
         provenances(out, runs)
-    gpu = records("gpu.jsonl")
     out.append("\n### GPU\n")
-    if not gpu:
+    if records("gpu_pipeline.jsonl"):  # the only GPU records (bench/gpu_pipeline.py)
+        out.append('Under "The whole pipeline on one GPU" above.\n')
+    else:
         out.append(
             "No GPU figures: no session so far has been lent a GPU, and none are estimated here.\n"
         )
-    for r in gpu:
-        out.append(f"- {json.dumps({k: v for k, v in r.items() if k != 'command'})}")
-        out.append(f"  {provenance(r)}")
     out.append("")
 
 
