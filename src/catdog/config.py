@@ -124,7 +124,9 @@ class VAETrainConfig:
     model: VAEConfig = field(default_factory=VAEConfig)
     disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     losses: LossSchedule = field(default_factory=LossSchedule)
-    epochs: int = 80  # about 50 minutes on 2 CPU cores with the default preset
+    # Default preset, 80 epochs: 17.9 minutes on a 2-thread AMD EPYC, 36.3 on a 2-thread Xeon
+    # (median epoch; bench/results/training_runs.jsonl).
+    epochs: int = 80
     batch_size: int = 32
     lr: float = 1e-3
     disc_lr: float = 2e-4
@@ -142,7 +144,9 @@ class VAETrainConfig:
     # 22 = relu4_3, 512 channels at 1/8 of the image side. A 1x1 convolution projects the
     # posterior mean to its channels; the projection is average-pooled to its size.
     align_layer: int = 22
-    channels_last: bool = True  # NHWC memory format: ~30% faster convolutions on CPU
+    # NHWC memory format: +18% for the VAE alone, +12% for the full step on CPU
+    # (bench/results/vae_step.jsonl).
+    channels_last: bool = True
     max_minutes: float | None = None  # stop (resumably) after this much wall-clock time
     stop_at_epoch: int | None = None  # stop (resumably) after this epoch
     progress: bool = True
