@@ -34,21 +34,32 @@ def machine() -> str:
     )
 
 
+def _git(*args: str) -> str:
+    """git's output in the repository that holds bench/, or "" without git or a repository."""
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=BENCH_DIR)
+    except OSError:  # no git (a bare device machine)
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def record_header() -> dict:
     """Date, machine, exact command and commit of this run. The command is shell-quoted, so
     that it reruns as it ran (a --label or a variant with spaces stays one argument); the commit
-    is the repository's whatever the working directory."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=BENCH_DIR).stdout.strip()  # fmt: skip
-    except OSError:  # no git (a bare device machine)
-        commit = ""
-    return {
+    is the repository's whatever the working directory, and ``uncommitted`` says whether tracked
+    files outside bench/results differed from it (the code that ran is then not the commit's)."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    header = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "command": "python " + shlex.join(sys.argv),
         "commit": commit or "unknown",
     }
+    if commit:
+        changed = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                       ":(top,exclude)bench/results")  # fmt: skip
+        header["uncommitted"] = bool(changed)
+    return header
 
 
 def append_record(name: str, record: dict) -> None:

@@ -38,7 +38,8 @@ def section(out: list[str], title: str, name: str, empty: str = "No record yet."
 
 
 def provenance(r: dict) -> str:
-    return f"{r['date']}, {r['machine']}, commit {r.get('commit', '?')}:\n`{r['command']}`"
+    commit = r.get("commit", "?") + (" with uncommitted changes" if r.get("uncommitted") else "")
+    return f"{r['date']}, {r['machine']}, commit {commit}:\n`{r['command']}`"
 
 
 def recorded(r: dict) -> str:

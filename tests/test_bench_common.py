@@ -1,7 +1,9 @@
 """bench/common.py's record header and bench/make_benchmarks.py's tables, on made-up records."""
 
+import importlib.util
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -75,3 +77,29 @@ def test_gpu_subsection_follows_the_gpu_pipeline_records(bench, tmp_path, monkey
     out = []
     make_benchmarks.training_section(out)
     assert not any("no session so far has been lent a GPU" in line for line in out)
+
+
+def test_header_says_when_the_code_that_ran_was_not_the_commits(tmp_path):
+    # A copy of bench/common.py in a repository of its own, so that its state can be changed.
+    repo = tmp_path / "repo"
+    (repo / "bench" / "results").mkdir(parents=True)
+    shutil.copy(ROOT / "bench" / "common.py", repo / "bench" / "common.py")
+    (repo / "bench" / "results" / "speed.jsonl").write_text("{}\n")
+    (repo / "model.py").write_text("x = 1\n")
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
+    spec = importlib.util.spec_from_file_location("copied_common", repo / "bench" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    assert common.BENCH_DIR == repo / "bench"
+    assert common.record_header()["uncommitted"] is False
+    (repo / "bench" / "results" / "speed.jsonl").write_text("{}\n{}\n")  # records: not code
+    (repo / "notes.txt").write_text("untracked\n")
+    assert common.record_header()["uncommitted"] is False
+    (repo / "model.py").write_text("x = 2\n")
+    assert common.record_header()["uncommitted"] is True
