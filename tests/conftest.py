@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +68,52 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=600
     )
+
+
+# Runs each command of a batch the way ``python ARGS...`` would (``runpy``, ``__main__``), one
+# after the other in this one interpreter, and records its exit status and output.
+_BATCH_RUNNER = """
+import contextlib, io, json, runpy, sys, traceback
+commands, results_path, results = json.loads(sys.argv[1]), sys.argv[2], []
+for argv in commands:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        sys.argv = argv[1:] if argv[0] == "-m" else list(argv)
+        try:
+            if argv[0] == "-m":
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(argv[0], run_name="__main__")
+            code = 0
+        except SystemExit as exc:  # what the interpreter makes of sys.exit(code)
+            code = 0 if exc.code is None else exc.code
+            if not isinstance(code, int):
+                print(code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results.append([code, out.getvalue(), err.getvalue()])
+with open(results_path, "w") as f:
+    json.dump(results, f)
+"""
+
+
+def run_cli_batch(
+    *commands: tuple[str, ...], env: dict | None = None
+) -> list[subprocess.CompletedProcess]:
+    """``run_cli`` for several commands in one fresh interpreter, run in order: each behaves as
+    ``python ARGS...`` (script or ``-m module``), but Python and torch are imported once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        results_path = Path(tmp) / "results.json"
+        commands_json = json.dumps([list(c) for c in commands])
+        batch = run_cli("-c", _BATCH_RUNNER, commands_json, str(results_path), env=env)
+        assert batch.returncode == 0 and results_path.is_file(), batch.stdout + batch.stderr
+        results = json.loads(results_path.read_text())
+    return [
+        subprocess.CompletedProcess([sys.executable, *c], code, out, err)
+        for c, (code, out, err) in zip(commands, results, strict=True)
+    ]
 
 
 def resave(path: Path, kind: str, record: dict) -> None:

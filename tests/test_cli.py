@@ -9,13 +9,15 @@ from PIL import Image
 from catdog import checkpoint
 from catdog.cli import add_diffusion_train_args, diffusion_config_from_args
 from catdog.errors import CatdogError
-from tests.conftest import assert_one_line_error, run_cli, write_image_folder
+from tests.conftest import assert_one_line_error, run_cli, run_cli_batch, write_image_folder
 
 TINY = ["--preset", "tiny", "--no-progress"]
 
 
 def test_help_lists_flags_with_defaults():
-    result = run_cli("-m", "catdog", "train-vae", "--help")
+    result, original = run_cli_batch(
+        ("-m", "catdog", "train-vae", "--help"), ("main.py", "--mode", "vae", "--help")
+    )
     assert result.returncode == 0
     for text in (
         "--lambda-vgg",
@@ -26,7 +28,6 @@ def test_help_lists_flags_with_defaults():
         "(default: 80)",
     ):
         assert text in result.stdout, text
-    original = run_cli("main.py", "--mode", "vae", "--help")
     assert (
         original.returncode == 0
         and "--mode" in original.stdout
@@ -59,9 +60,12 @@ def test_packaged_cli_resume_continues_and_extends_a_run(tiny_data, tmp_path):
     base = ["-m", "catdog", "train-vae", *TINY, "--data-dir", str(tiny_data), "--lambda-vgg", "0",
             "--save-dir", str(tmp_path)]  # fmt: skip
     final = tmp_path / "vae_gan_final.pt"
-    assert run_cli(*base, "--epochs", "2", "--stop-at-epoch", "1").returncode == 0
-    # The same command plus --resume finishes the run's own 2 epochs, not the preset's 80.
-    result = run_cli(*base, "--resume")
+    stopped, result = run_cli_batch(
+        (*base, "--epochs", "2", "--stop-at-epoch", "1"),
+        # The same command plus --resume finishes the run's own 2 epochs, not the preset's 80.
+        (*base, "--resume"),
+    )
+    assert stopped.returncode == 0, stopped.stderr
     assert result.returncode == 0, result.stderr
     assert checkpoint.load(final, checkpoint.KIND_VAE)["epoch"] == 2
     # A setting the run was not trained with is refused in one line, and nothing changes.
@@ -122,14 +126,17 @@ def test_repa_without_vgg_weights_is_one_line_and_writes_nothing(tiny_data, tiny
 def test_missing_and_corrupt_checkpoints_on_resume(tiny_data, tmp_path):
     base = ["-m", "catdog", "train-vae", *TINY, "--data-dir", str(tiny_data), "--lambda-vgg", "0",
             "--resume"]  # fmt: skip
-    assert_one_line_error(run_cli(*base, "--save-dir", str(tmp_path / "none")), "nothing to resume")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "vae_train_state.pt").write_bytes(b"PK\x03\x04 truncated zip")
-    assert_one_line_error(run_cli(*base, "--save-dir", str(bad)), "corrupt or truncated")
     wrong = tmp_path / "wrong"
     checkpoint.save(wrong / "vae_train_state.pt", checkpoint.KIND_VAE, {"state_dict": {}})
-    assert_one_line_error(run_cli(*base, "--save-dir", str(wrong)), "is a VAE checkpoint")
+    none, corrupt, other_kind = run_cli_batch(
+        *((*base, "--save-dir", str(folder)) for folder in (tmp_path / "none", bad, wrong))
+    )
+    assert_one_line_error(none, "nothing to resume")
+    assert_one_line_error(corrupt, "corrupt or truncated")
+    assert_one_line_error(other_kind, "is a VAE checkpoint")
     assert (bad / "vae_train_state.pt").read_bytes() == b"PK\x03\x04 truncated zip"  # nothing lost
 
 
@@ -144,9 +151,12 @@ def test_bad_option_values(tiny_data, tmp_path):
         "--save-dir",
         str(tmp_path),
     ]
-    assert_one_line_error(run_cli(*base, "--epochs", "0"), "--epochs must be positive")
-    assert_one_line_error(run_cli(*base, "--channels", "8,x"), "--channels")
-    assert_one_line_error(run_cli(*base, "--image-size", "15"), "not divisible")
+    epochs, channels, size = run_cli_batch(
+        (*base, "--epochs", "0"), (*base, "--channels", "8,x"), (*base, "--image-size", "15")
+    )
+    assert_one_line_error(epochs, "--epochs must be positive")
+    assert_one_line_error(channels, "--channels")
+    assert_one_line_error(size, "not divisible")
     # The rest in process: each would crash or mislead deep in training.
     from catdog.cli import add_vae_train_args, vae_config_from_args
 
@@ -169,7 +179,13 @@ def test_bad_option_values(tiny_data, tmp_path):
 def test_finetune_decoder_takes_the_decoder_preset(tiny_data, tiny_vae, tmp_path):
     base = ["main.py", "--mode", "vae", "--finetune_decoder", str(tiny_vae), "--no-progress",
             "--data-dir", str(tiny_data), "--lambda-vgg", "0", "--batch-size", "8"]  # fmt: skip
-    result = run_cli(*base, "--epochs", "1", "--save_dir", str(tmp_path / "ft"))
+    # One interpreter for all four commands, each run as `python ARGS...` would run it.
+    result, bad, align, missing = run_cli_batch(
+        (*base, "--epochs", "1", "--save_dir", str(tmp_path / "ft")),
+        (*base, "--latent-noise", "-1", "--save_dir", str(tmp_path / "bad")),
+        (*base, "--lambda-align", "0.5", "--save_dir", str(tmp_path / "align")),
+        (*base[:4], str(tmp_path / "none.pt"), *base[5:], "--save_dir", str(tmp_path / "missing")),
+    )
     assert result.returncode == 0, result.stderr
     cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert (cfg["lr"], cfg["lr_schedule"], cfg["latent_noise"]) == (1e-4, "constant", 0.1)
@@ -179,13 +195,9 @@ def test_finetune_decoder_takes_the_decoder_preset(tiny_data, tiny_vae, tmp_path
     assert record["decoder_of"]["sha256"] == checkpoint.content_hash(
         checkpoint.load_vae(tiny_vae)[0].state_dict()
     )
-    bad = run_cli(*base, "--latent-noise", "-1", "--save_dir", str(tmp_path / "bad"))
     assert_one_line_error(bad, "--latent-noise must be 0 or more")
-    align = run_cli(*base, "--lambda-align", "0.5", "--save_dir", str(tmp_path / "align"))
     assert_one_line_error(align, "decoder fine-tuning keeps the encoder fixed")
     assert not (tmp_path / "align").exists()
-    missing = run_cli(*base[:4], str(tmp_path / "none.pt"), *base[5:],
-                      "--save_dir", str(tmp_path / "missing"))  # fmt: skip
     assert_one_line_error(missing, "checkpoint not found")
 
 
@@ -193,17 +205,19 @@ def test_init_from_and_equiv_flags_reach_the_run(tiny_data, tiny_vae, tmp_path):
     base = ["main.py", "--mode", "vae", "--init_from", str(tiny_vae), "--no-progress",
             "--data-dir", str(tiny_data), "--lambda-vgg", "0", "--batch-size", "8",
             "--epochs", "1"]  # fmt: skip
-    result = run_cli(*base, "--lambda_equiv", "0.5", "--save_dir", str(tmp_path / "eq"))
+    # One interpreter for all three commands, each run as `python ARGS...` would run it.
+    result, both, missing = run_cli_batch(
+        (*base, "--lambda_equiv", "0.5", "--save_dir", str(tmp_path / "eq")),
+        (*base, "--finetune-decoder", str(tiny_vae), "--save_dir", str(tmp_path / "x")),
+        (*base[:4], str(tmp_path / "none.pt"), *base[5:], "--save_dir", str(tmp_path / "missing")),
+    )
     assert result.returncode == 0, result.stderr
     cfg = json.loads((tmp_path / "eq" / "config.json").read_text())
     assert cfg["init_from"] == str(tiny_vae) and cfg["losses"]["equiv"]["weight"] == 0.5
     assert cfg["model"]["image_size"] == 16  # the source VAE's architecture, not the preset's
     history = [json.loads(line) for line in (tmp_path / "eq" / "metrics.jsonl").open()]
     assert history[0]["w_equiv"] == 0.5 and history[0]["loss_equiv"] > 0
-    both = run_cli(*base, "--finetune-decoder", str(tiny_vae), "--save_dir", str(tmp_path / "x"))
     assert_one_line_error(both, "exclusive")
-    missing = run_cli(*base[:4], str(tmp_path / "none.pt"), *base[5:],
-                      "--save_dir", str(tmp_path / "missing"))  # fmt: skip
     assert_one_line_error(missing, "checkpoint not found")
     assert not (tmp_path / "x").exists() and not (tmp_path / "missing").exists()
 

@@ -17,7 +17,13 @@ from catdog.evaluate import (
     memorisation_threshold,
     precision_recall,
 )
-from tests.conftest import SHARED, assert_one_line_error, run_cli, write_image_folder
+from tests.conftest import (
+    SHARED,
+    assert_one_line_error,
+    run_cli,
+    run_cli_batch,
+    write_image_folder,
+)
 
 
 def gaussian(n, d, mean=0.0, std=1.0, seed=0):
@@ -203,14 +209,16 @@ def test_mismatched_model_pair_and_missing_inception_are_one_line_errors(
     common = ("-m", "catdog", "evaluate", "--model-path", str(tiny_pair), "--data-dir",
               str(tiny_data), "--num-per-class", "2", "--steps", "2", "--no-progress",
               "--output", str(tmp_path / "e.json"))  # fmt: skip
-    result = run_cli(*common, "--vae-path", str(other), "--features", "pixels")
-    assert_one_line_error(result, "does not match")
-    result = run_cli(*common, "--inception-weights", str(tmp_path / "missing.pth"))
-    assert_one_line_error(result, "Inception weights file not found")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(bytes(range(256)) * 64)
-    assert_one_line_error(run_cli(*common, "--inception-weights", str(junk)),
-                          "cannot load the FID Inception weights")  # fmt: skip
+    mismatched, missing, junk_weights = run_cli_batch(
+        (*common, "--vae-path", str(other), "--features", "pixels"),
+        (*common, "--inception-weights", str(tmp_path / "missing.pth")),
+        (*common, "--inception-weights", str(junk)),
+    )
+    assert_one_line_error(mismatched, "does not match")
+    assert_one_line_error(missing, "Inception weights file not found")
+    assert_one_line_error(junk_weights, "cannot load the FID Inception weights")
     assert not (tmp_path / "e.json").exists()
 
 
@@ -241,7 +249,8 @@ def test_real_inception_scores_real_photos_and_separates_cats_from_dogs(tmp_path
                     TF.to_pil_image(image).save(blurred / name / path.name)
     weights = SHARED / "weights" / "weights-inception-2015-12-05-6726825d.pth"
     cfg = dict(data=DataConfig(data_dir=str(small)), inception_weights=str(weights),
-               cache_dir=str(tmp_path / "cache"), kid_subsets=10, progress=False)  # fmt: skip
+               cache_dir=str(tmp_path / "cache"), kid_subsets=10, reference_points=False,
+               progress=False)  # fmt: skip
     sharp = evaluate(EvaluateConfig(images=str(small / "test"), output=str(tmp_path / "a.json"),
                                     **cfg))  # fmt: skip
     blur = evaluate(EvaluateConfig(images=str(blurred), output=str(tmp_path / "b.json"), **cfg))

@@ -9,7 +9,7 @@ from catdog.config import GenerateConfig
 from catdog.errors import CatdogError
 from catdog.export import DIFFUSION_FILE, GUIDE_FILE, VAE_FILE, export_pair
 from catdog.generate import generate, sample_latents
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, run_cli_batch
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +118,13 @@ def test_export_with_a_guide_ships_it_and_generation_uses_it(tiny_pair, tiny_gui
 
 
 def test_export_refuses_a_guide_that_does_not_belong(tiny_pair, tiny_vae, tmp_path):
-    result = run_cli("-m", "catdog", "export", "--model-path", str(tiny_pair), "--output",
-                     str(tmp_path / "x"), "--guide-path", str(tiny_vae))  # fmt: skip
-    assert_one_line_error(result, "is a VAE checkpoint")
-    result = run_cli("-m", "catdog", "export", "--model-path", str(tiny_pair), "--output",
-                     str(tmp_path / "y"), "--guidance", "3")  # fmt: skip
-    assert_one_line_error(result, "a guidance scale is recorded with a guide")
+    export = ("-m", "catdog", "export", "--model-path", str(tiny_pair), "--output")
+    other_kind, unguided = run_cli_batch(
+        (*export, str(tmp_path / "x"), "--guide-path", str(tiny_vae)),
+        (*export, str(tmp_path / "y"), "--guidance", "3"),
+    )
+    assert_one_line_error(other_kind, "is a VAE checkpoint")
+    assert_one_line_error(unguided, "a guidance scale is recorded with a guide")
     assert not (tmp_path / "y").exists()
 
 

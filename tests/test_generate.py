@@ -10,7 +10,7 @@ from catdog.config import DEFAULT_GUIDANCE, GenerateConfig
 from catdog.errors import CatdogError
 from catdog.generate import generate, sample_latents
 from catdog.models.vae import VAE
-from tests.conftest import assert_one_line_error, resave, run_cli, tiny_diffusion_cfg
+from tests.conftest import assert_one_line_error, resave, run_cli_batch, tiny_diffusion_cfg
 
 
 def cfg_for(pair, output, **kw):
@@ -145,30 +145,34 @@ def test_moved_pair_finds_its_vae_beside_it(tiny_pair, tiny_vae, tmp_path):
 
 
 def test_original_scripts_end_to_end(tiny_data, tmp_path):
-    """main.py --mode vae, then --mode diffusion, then generate.py, as a user runs them. The
-    diffusion stage is given no data folder: it trains on the one its VAE was trained on."""
+    """main.py --mode vae, then --mode diffusion, then generate.py, as a user runs them (each as
+    `python ARGS` runs it, in one interpreter). The diffusion stage is given no data folder: it
+    trains on the one its VAE was trained on."""
     results = tmp_path / "results"
-    vae = run_cli("main.py", "--mode", "vae", "--preset", "tiny", "--epochs", "1", "--lr", "1e-3",
-                  "--lambda_vgg", "0", "--save_dir", str(results), "--data-dir", str(tiny_data),
-                  "--no-progress")  # fmt: skip
+    out = tmp_path / "samples"
+    # One interpreter for all five commands, each run as `python ARGS...` would run it.
+    vae, diffusion, gen, bad, packaged = run_cli_batch(
+        ("main.py", "--mode", "vae", "--preset", "tiny", "--epochs", "1", "--lr", "1e-3",
+         "--lambda_vgg", "0", "--save_dir", str(results), "--data-dir", str(tiny_data),
+         "--no-progress"),
+        ("main.py", "--mode", "diffusion", "--preset", "tiny", "--vae_path",
+         str(results / "vae_gan_best.pt"), "--epochs", "2", "--lr", "1e-3", "--save_dir",
+         str(results), "--no-progress"),
+        ("generate.py", "--class_name", "cat", "--num_samples", "4", "--model_path",
+         str(results / "conditional_diffusion_final.pt"), "--steps", "5", "--output", str(out),
+         "--no-progress"),
+        ("generate.py", "--class_name", "horse", "--model_path",
+         str(results / "conditional_diffusion_final.pt")),
+        ("-m", "catdog", "generate", "--class-name", "dog", "--num-samples", "0",
+         "--model-path", str(results / "conditional_diffusion_final.pt")),
+    )  # fmt: skip
     assert vae.returncode == 0, vae.stderr
-    diffusion = run_cli("main.py", "--mode", "diffusion", "--preset", "tiny",
-                        "--vae_path", str(results / "vae_gan_best.pt"), "--epochs", "2",
-                        "--lr", "1e-3", "--save_dir", str(results), "--no-progress")  # fmt: skip
     assert diffusion.returncode == 0, diffusion.stderr
     saved = json.loads((results / "config.json").read_text())
     assert saved["data"]["data_dir"] == str(tiny_data)
-    out = tmp_path / "samples"
-    gen = run_cli("generate.py", "--class_name", "cat", "--num_samples", "4", "--model_path",
-                  str(results / "conditional_diffusion_final.pt"), "--steps", "5",
-                  "--output", str(out), "--no-progress")  # fmt: skip
     assert gen.returncode == 0, gen.stderr
     assert len(list(out.glob("cat_0*.png"))) == 4 and (out / "cat_grid.png").is_file()
-    bad = run_cli("generate.py", "--class_name", "horse", "--model_path",
-                  str(results / "conditional_diffusion_final.pt"))  # fmt: skip
     assert_one_line_error(bad, "unknown class 'horse'", "cat, dog")
-    packaged = run_cli("-m", "catdog", "generate", "--class-name", "dog", "--num-samples", "0",
-                       "--model-path", str(results / "conditional_diffusion_final.pt"))  # fmt: skip
     assert_one_line_error(packaged, "--num_samples must be at least 1")
 
 
@@ -280,27 +284,19 @@ def test_recorded_guide_is_used_by_default_and_checked(tiny_pair, tiny_guide, tm
 
 
 def test_guide_flag_on_the_original_script(tiny_pair, tiny_guide, tiny_vae, tmp_path):
-    ok = run_cli(
-        "generate.py",
-        "--model_path",
-        str(tiny_pair),
-        "--guide_path",
-        str(tiny_guide),
-        "--num_samples",
-        "2",
-        "--steps",
-        "3",
-        "--output",
-        str(tmp_path / "ok"),
-    )
+    script = ("generate.py", "--model_path", str(tiny_pair))
+    # One interpreter for all three commands, each run as `python ARGS...` would run it.
+    ok, bad, no_guide = run_cli_batch(
+        (*script, "--guide_path", str(tiny_guide), "--num_samples", "2", "--steps", "3",
+         "--output", str(tmp_path / "ok")),
+        (*script, "--guide_path", str(tiny_vae), "--output", str(tmp_path / "bad")),
+        (*script, "--guide_path", "none", "--class_guidance", "3", "--output",
+         str(tmp_path / "ng")),
+    )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert len(list((tmp_path / "ok").glob("cat_*.png"))) == 3
-    bad = run_cli("generate.py", "--model_path", str(tiny_pair), "--guide_path", str(tiny_vae),
-                  "--output", str(tmp_path / "bad"))  # fmt: skip
     assert_one_line_error(bad, "is a VAE checkpoint")
     assert not (tmp_path / "bad").exists()
-    no_guide = run_cli("generate.py", "--model_path", str(tiny_pair), "--guide_path", "none",
-                       "--class_guidance", "3", "--output", str(tmp_path / "ng"))  # fmt: skip
     assert_one_line_error(no_guide, "--class-guidance adds a classifier-free term")
     assert not (tmp_path / "ng").exists()
 

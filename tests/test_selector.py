@@ -8,7 +8,7 @@ from catdog.data import to_float
 from catdog.errors import CatdogError
 from catdog.generate import generate
 from catdog.metrics import fit_probe
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli_batch
 
 
 def coloured(n: int, seed: int, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,30 +133,31 @@ def test_generate_with_select_keeps_one_of_its_candidates(tiny_pair, vgg, fitted
 def test_fit_selector_and_select_from_the_command_line(tiny_pair, tiny_data, vgg_weights,
                                                         tmp_path):  # fmt: skip
     path = tmp_path / "sel" / "selector.safetensors"
-    result = run_cli("-m", "catdog", "fit-selector", "--data-dir", str(tiny_data),
-                     "--image-size", "16", "--vgg-weights", str(vgg_weights),
-                     "--output", str(path), "--no-progress")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    record = checkpoint.load(path, checkpoint.KIND_SELECTOR)
-    assert record["images"] == 24 and "train" in record["fitted_on"]
-    assert_one_line_error(run_cli("-m", "catdog", "fit-selector", "--data-dir", str(tiny_data),
-                                  "--output", str(path.parent)), "is a folder")  # fmt: skip
-    assert_one_line_error(run_cli("-m", "catdog", "fit-selector", "--data-dir", str(tiny_data),
-                                  "--output", str(tmp_path / "s.safetensors"), "--image-size",
-                                  "-5"), "--image-size must be at least 16")  # fmt: skip
     out = tmp_path / "samples"
+    fit = ("-m", "catdog", "fit-selector", "--data-dir", str(tiny_data))
     common = ("generate.py", "--class_name", "cat", "--num_samples", "2", "--steps", "3",
               "--model_path", str(tiny_pair), "--no-progress")  # fmt: skip
-    result = run_cli(*common, "--select", "2", "--selector_path", str(path),
-                     "--vgg_weights", str(vgg_weights), "--output", str(out))  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    # One interpreter for all seven commands, each run as `python ARGS...` would run it.
+    fitted, folder, size, selected, zero, unused, missing = run_cli_batch(
+        (*fit, "--image-size", "16", "--vgg-weights", str(vgg_weights), "--output", str(path),
+         "--no-progress"),
+        (*fit, "--output", str(path.parent)),
+        (*fit, "--output", str(tmp_path / "s.safetensors"), "--image-size", "-5"),
+        (*common, "--select", "2", "--selector_path", str(path), "--vgg_weights",
+         str(vgg_weights), "--output", str(out)),
+        (*common, "--select", "0", "--output", str(tmp_path / "z")),
+        (*common, "--selector_path", str(path), "--output", str(tmp_path / "z")),
+        (*common, "--select", "2", "--selector_path", str(tmp_path / "none.safetensors"),
+         "--vgg_weights", str(vgg_weights), "--output", str(tmp_path / "m")),
+    )  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr
+    record = checkpoint.load(path, checkpoint.KIND_SELECTOR)
+    assert record["images"] == 24 and "train" in record["fitted_on"]
+    assert_one_line_error(folder, "is a folder")
+    assert_one_line_error(size, "--image-size must be at least 16")
+    assert selected.returncode == 0, selected.stderr
     assert sorted(p.name for p in out.iterdir()) == ["cat_0000.png", "cat_0001.png", "cat_grid.png"]
-    assert_one_line_error(run_cli(*common, "--select", "0", "--output", str(tmp_path / "z")),
-                          "--select must be in 1..64, got 0")  # fmt: skip
-    assert_one_line_error(run_cli(*common, "--selector_path", str(path), "--output",
-                                  str(tmp_path / "z")), "are for best-of-K")  # fmt: skip
-    assert_one_line_error(run_cli(*common, "--select", "2", "--selector_path",
-                                  str(tmp_path / "none.safetensors"), "--vgg_weights",
-                                  str(vgg_weights), "--output", str(tmp_path / "m")),
-                          "checkpoint not found")  # fmt: skip
+    assert_one_line_error(zero, "--select must be in 1..64, got 0")
+    assert_one_line_error(unused, "are for best-of-K")
+    assert_one_line_error(missing, "checkpoint not found")
     assert not (tmp_path / "z").exists() and not (tmp_path / "m").exists()  # nothing written
