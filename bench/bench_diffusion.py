@@ -84,7 +84,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-path", default=None)
-    parser.add_argument("--preset", default="cpu", help="diffusion preset when no model is given")
+    parser.add_argument("--preset", default=None, help="diffusion preset when no model is given "
+                        "(default: cpu)")  # fmt: skip
     parser.add_argument("--unet", default=None, help="JSON overrides of the UNet config")
     parser.add_argument("--guidance", type=float, default=None,
                         help="default: the model guide's scale, else 2.0")  # fmt: skip
@@ -101,7 +102,9 @@ def main() -> None:
         "(more than 1 on a machine shared with other work)",
     )  # fmt: skip
     args = parser.parse_args()
-    if args.model_path and (args.unet or args.preset != "cpu"):
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    if args.model_path and (args.unet or args.preset is not None):
         parser.error("--preset and --unet build a model with random weights; not with --model-path")
     torch.manual_seed(0)
     if args.model_path:
@@ -109,7 +112,7 @@ def main() -> None:
         vae, _ = checkpoint.find_vae(args.model_path, record)
         guide, link = checkpoint.find_guide(args.model_path, record, args.guide_path)
     else:
-        cfg = diffusion_preset(args.preset)
+        cfg = diffusion_preset(args.preset or "cpu")
         if args.unet:
             cfg.unet = from_dict(UNetConfig, {**to_dict(cfg.unet), **json.loads(args.unet)})
         unet, schedule = UNet(cfg.unet).eval(), NoiseSchedule(cfg.schedule)

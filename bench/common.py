@@ -55,10 +55,12 @@ def record_header() -> dict:
         "command": "python " + shlex.join(sys.argv),
         "commit": commit or "unknown",
     }
-    if commit:
-        changed = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                       ":(top,exclude)bench/results")  # fmt: skip
-        header["uncommitted"] = bool(changed)
+    status = _git("status", "--porcelain", "--", ":(top)", ":(top,exclude)bench/results")
+    if commit and _git("rev-parse", "--is-inside-work-tree") == "true":
+        # changed tracked files, or Python files not in the commit (a new script run before
+        # `git add`); other untracked files (notes, data) are not code that ran
+        lines = status.splitlines()
+        header["uncommitted"] = any(not x.startswith("??") or x.endswith(".py") for x in lines)
     return header
 
 

@@ -102,8 +102,15 @@ with open(results_path, "w") as f:
 def run_cli_batch(
     *commands: tuple[str, ...], env: dict | None = None
 ) -> list[subprocess.CompletedProcess]:
-    """``run_cli`` for several commands in one fresh interpreter, run in order: each behaves as
-    ``python ARGS...`` (script or ``-m module``), but Python and torch are imported once."""
+    """``run_cli`` for several commands in one fresh interpreter, run in order: each runs as
+    ``python ARGS...`` would (script or ``-m module``, through ``runpy``), with its own exit
+    status, stdout and stderr, but Python and torch are imported once.
+
+    Not a fresh process per command: imported modules and their state carry over (a warning
+    already shown, a logging handler, torch's global settings), output written straight to file
+    descriptors 1 and 2 is not captured per command, and exit codes are not taken mod 256. Use
+    it for commands whose outcome does not hang on those (refusals, independent runs); keep a
+    user's sequence of stages on ``run_cli``."""
     with tempfile.TemporaryDirectory() as tmp:
         results_path = Path(tmp) / "results.json"
         commands_json = json.dumps([list(c) for c in commands])

@@ -92,7 +92,18 @@ def test_header_says_when_the_code_that_ran_was_not_the_commits(tmp_path):
 
     git("init", "-q")
     git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
+    git(
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "-c",
+        "commit.gpgsign=false",
+        "commit",
+        "-q",
+        "-m",
+        "start",
+    )
     spec = importlib.util.spec_from_file_location("copied_common", repo / "bench" / "common.py")
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
@@ -101,5 +112,8 @@ def test_header_says_when_the_code_that_ran_was_not_the_commits(tmp_path):
     (repo / "bench" / "results" / "speed.jsonl").write_text("{}\n{}\n")  # records: not code
     (repo / "notes.txt").write_text("untracked\n")
     assert common.record_header()["uncommitted"] is False
+    (repo / "bench" / "explore_new.py").write_text("print(1)\n")  # a script never committed
+    assert common.record_header()["uncommitted"] is True
+    (repo / "bench" / "explore_new.py").unlink()
     (repo / "model.py").write_text("x = 2\n")
     assert common.record_header()["uncommitted"] is True

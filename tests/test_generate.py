@@ -10,7 +10,13 @@ from catdog.config import DEFAULT_GUIDANCE, GenerateConfig
 from catdog.errors import CatdogError
 from catdog.generate import generate, sample_latents
 from catdog.models.vae import VAE
-from tests.conftest import assert_one_line_error, resave, run_cli_batch, tiny_diffusion_cfg
+from tests.conftest import (
+    assert_one_line_error,
+    resave,
+    run_cli,
+    run_cli_batch,
+    tiny_diffusion_cfg,
+)
 
 
 def cfg_for(pair, output, **kw):
@@ -145,33 +151,32 @@ def test_moved_pair_finds_its_vae_beside_it(tiny_pair, tiny_vae, tmp_path):
 
 
 def test_original_scripts_end_to_end(tiny_data, tmp_path):
-    """main.py --mode vae, then --mode diffusion, then generate.py, as a user runs them (each as
-    `python ARGS` runs it, in one interpreter). The diffusion stage is given no data folder: it
-    trains on the one its VAE was trained on."""
+    """main.py --mode vae, then --mode diffusion, then generate.py, as a user runs them: each
+    stage in its own process. The diffusion stage is given no data folder: it trains on the one
+    its VAE was trained on."""
     results = tmp_path / "results"
-    out = tmp_path / "samples"
-    # One interpreter for all five commands, each run as `python ARGS...` would run it.
-    vae, diffusion, gen, bad, packaged = run_cli_batch(
-        ("main.py", "--mode", "vae", "--preset", "tiny", "--epochs", "1", "--lr", "1e-3",
-         "--lambda_vgg", "0", "--save_dir", str(results), "--data-dir", str(tiny_data),
-         "--no-progress"),
-        ("main.py", "--mode", "diffusion", "--preset", "tiny", "--vae_path",
-         str(results / "vae_gan_best.pt"), "--epochs", "2", "--lr", "1e-3", "--save_dir",
-         str(results), "--no-progress"),
-        ("generate.py", "--class_name", "cat", "--num_samples", "4", "--model_path",
-         str(results / "conditional_diffusion_final.pt"), "--steps", "5", "--output", str(out),
-         "--no-progress"),
-        ("generate.py", "--class_name", "horse", "--model_path",
-         str(results / "conditional_diffusion_final.pt")),
-        ("-m", "catdog", "generate", "--class-name", "dog", "--num-samples", "0",
-         "--model-path", str(results / "conditional_diffusion_final.pt")),
-    )  # fmt: skip
+    vae = run_cli("main.py", "--mode", "vae", "--preset", "tiny", "--epochs", "1", "--lr", "1e-3",
+                  "--lambda_vgg", "0", "--save_dir", str(results), "--data-dir", str(tiny_data),
+                  "--no-progress")  # fmt: skip
     assert vae.returncode == 0, vae.stderr
+    diffusion = run_cli("main.py", "--mode", "diffusion", "--preset", "tiny",
+                        "--vae_path", str(results / "vae_gan_best.pt"), "--epochs", "2",
+                        "--lr", "1e-3", "--save_dir", str(results), "--no-progress")  # fmt: skip
     assert diffusion.returncode == 0, diffusion.stderr
     saved = json.loads((results / "config.json").read_text())
     assert saved["data"]["data_dir"] == str(tiny_data)
+    out = tmp_path / "samples"
+    model = str(results / "conditional_diffusion_final.pt")
+    gen = run_cli("generate.py", "--class_name", "cat", "--num_samples", "4", "--model_path",
+                  model, "--steps", "5", "--output", str(out), "--no-progress")  # fmt: skip
     assert gen.returncode == 0, gen.stderr
     assert len(list(out.glob("cat_0*.png"))) == 4 and (out / "cat_grid.png").is_file()
+    # The two refusals share one interpreter: each is still run as `python ARGS` runs it.
+    bad, packaged = run_cli_batch(
+        ("generate.py", "--class_name", "horse", "--model_path", model),
+        ("-m", "catdog", "generate", "--class-name", "dog", "--num-samples", "0",
+         "--model-path", model),
+    )  # fmt: skip
     assert_one_line_error(bad, "unknown class 'horse'", "cat, dog")
     assert_one_line_error(packaged, "--num_samples must be at least 1")
 

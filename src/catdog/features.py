@@ -32,6 +32,7 @@ class FeatureExtractor(torch.nn.Module):
 
     @property
     def cache_key(self) -> str:
+        """What cached features are filed under: the feature space, here nothing more."""
         return self.name
 
 
@@ -68,6 +69,7 @@ class InceptionPool3(FeatureExtractor):
 
     @property
     def cache_key(self) -> str:
+        """The feature space and a hash of the weights pool3 depends on."""
         return f"{self.name}-{self.weights_hash}"
 
     @torch.no_grad()
