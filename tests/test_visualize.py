@@ -79,10 +79,13 @@ def test_all_figures_are_written(tiny_pair, tiny_data, tmp_path):
         with Image.open(p) as im:
             im.verify()
     frames = load_gif_frames(tmp_path / "denoising_cat.gif")
-    assert len(frames) == 5  # one per step
+    assert len(frames) == 1 + 5  # the starting noise, then one per step
     assert frames[0].shape[:2] == (16 * 4, (16 + 2 + 16) * 4)  # x_t | predicted x0, shown 4x
+    first_prediction = frames[0][:, (16 + 2) * 4 :]
+    assert first_prediction.max() - first_prediction.min() <= 2  # no prediction yet: flat grey
+    assert frames[1][:, (16 + 2) * 4 :].std() > 1  # then a prediction at every step
     with Image.open(tmp_path / "denoising_cat.gif") as im:
-        im.seek(4)
+        im.seek(5)
         assert im.info["duration"] == 1500  # the final image is held
 
 

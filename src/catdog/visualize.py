@@ -157,11 +157,14 @@ def save_denoising_gif(
     scale: int = 4,
 ) -> None:
     """Animated GIF from noise to image: each frame shows the decoded current latent x_t
-    (left) and the decoded predicted x0 (right); the last frame is held for 1.5 s."""
+    (left) and the decoded predicted x0 (right). The first frame is the starting noise x_T,
+    beside a grey square (nothing is predicted before the first step); then one frame per
+    step, the last held for 1.5 s."""
     ts, xs, x0s = reverse_trajectory(unet, schedule, label, seed, steps=steps, guidance=guidance,
                                      guide=guide)  # fmt: skip
-    current = decode_latents(vae, xs[1:])
+    current = decode_latents(vae, xs)
     predicted = decode_latents(vae, x0s)
+    predicted = torch.cat([torch.zeros_like(predicted[:1]), predicted])  # 0 = mid-grey
     frames = []
     for cur, pred in zip(current, predicted, strict=True):
         pair = torch.cat([cur, torch.ones(3, cur.shape[1], 2), pred], dim=2)
