@@ -289,3 +289,50 @@ def test_a_new_diffusion_run_without_data_flags_takes_the_vae_runs_data(tiny_vae
     cfg = diffusion_config_from_args(args)
     _data_of_vae_run(args, cfg)
     assert cfg.data.data_dir == "./data"
+
+
+def test_model_and_optimiser_values_that_would_crash_or_be_ignored_are_refused():
+    # Each of these was accepted: a negative --lr or --disc-lr crashed in AdamW with a traceback
+    # (the diffusion run after writing its latent cache), a width or latent of 0 crashed in the
+    # first forward pass after config.json was written, and a negative block count or min-SNR
+    # gamma, or an attention level the UNet does not have, was silently the same as none.
+    from catdog.cli import add_vae_train_args, vae_config_from_args
+
+    vae_parser = argparse.ArgumentParser()
+    add_vae_train_args(vae_parser)
+    for flags, message in (
+        (["--disc-lr", "-1"], "--disc-lr must be positive, got -1"),
+        (["--latent-channels", "0"], "--latent-channels must be at least 1, got 0"),
+        (["--channels", "0,16"], r"--channels must be positive integers, got \(0, 16\)"),
+        (["--blocks-per-level", "-1"], "--blocks-per-level must be 0 or more, got -1"),
+    ):
+        with pytest.raises(CatdogError, match=message):
+            vae_config_from_args(vae_parser.parse_args(flags))
+    diffusion_parser = argparse.ArgumentParser()
+    add_diffusion_train_args(diffusion_parser)
+    for flags, message in (
+        (["--lr", "-1"], "--lr must be positive, got -1"),
+        (["--lr", "0"], "--lr must be positive, got 0"),
+        (["--channels", "0,16"], r"--channels must be positive integers, got \(0, 16\)"),
+        (["--blocks-per-level", "0"], "--blocks-per-level must be at least 1, got 0"),
+        (["--attention-levels", "2"], r"--attention-levels must be in 0\.\.1 .* got \(2,\)"),
+        (["--attention-levels", "-1"], r"--attention-levels must be in 0\.\.1"),
+        (["--min-snr-gamma", "-1"], "--min-snr-gamma must be 0 .off. or more, got -1"),
+    ):
+        with pytest.raises(CatdogError, match=message):
+            diffusion_config_from_args(diffusion_parser.parse_args(flags))
+    cfg = diffusion_config_from_args(diffusion_parser.parse_args(["--attention-levels", "0,1"]))
+    assert cfg.unet.attention_levels == (0, 1)
+
+
+def test_lr_base_batch_help_shows_each_stages_default():
+    from catdog.cli import add_vae_train_args, vae_config_from_args
+
+    stages = ((add_vae_train_args, vae_config_from_args),
+              (add_diffusion_train_args, diffusion_config_from_args))  # fmt: skip
+    for add_args, to_config in stages:
+        parser = argparse.ArgumentParser()
+        add_args(parser)
+        (action,) = [a for a in parser._actions if "--lr-base-batch" in a.option_strings]
+        default = to_config(parser.parse_args([])).runtime.lr_base_batch
+        assert action.help.endswith(f"(default: {default})"), (action.help, default)

@@ -50,12 +50,10 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     parser.add_argument(*names, default=None, **kwargs)
 
 
-RUNTIME_DEFAULTS = RuntimeConfig()
-
-
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    """Device, precision and scale-out flags, shared by both training commands."""
-    r = RUNTIME_DEFAULTS
+def add_runtime_args(parser: argparse.ArgumentParser, defaults: RuntimeConfig) -> None:
+    """Device, precision and scale-out flags, shared by both training commands; ``defaults``:
+    the command's default preset's (the VAE's lr_base_batch differs from the diffusion's)."""
+    r = defaults
     g = parser.add_argument_group("where it runs (also under torchrun)")
     _flag(g, "device", help=f"auto, cpu, cuda, cuda:N or mps (default: {r.device})")
     _flag(g, "precision", choices=["fp32", "bf16"],
@@ -66,8 +64,11 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the trained network (CUDA only)")  # fmt: skip
     _flag(g, "lr-scaling", choices=["none", "linear", "sqrt"],
-          help="scale --lr by f(batch size / --lr-base-batch) (default: none)")  # fmt: skip
-    _flag(g, "lr-base-batch", type=int, help="the batch --lr is meant for (with --lr-scaling)")
+          help="scale --lr by f(batch size / --lr-base-batch) "
+          f"(default: {r.lr_scaling})")  # fmt: skip
+    _flag(g, "lr-base-batch", type=int,
+          help="the batch --lr is meant for, with --lr-scaling "
+          f"(default: {r.lr_base_batch})")  # fmt: skip
 
 
 def runtime_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -253,7 +254,7 @@ def add_vae_train_args(parser: argparse.ArgumentParser) -> None:
         "--no-vgg-cache", action="store_true", help="recompute VGG features of targets every step"
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
-    add_runtime_args(parser)
+    add_runtime_args(parser, DEFAULTS.runtime)
 
 
 def vae_config_from_args(args: argparse.Namespace) -> VAETrainConfig:
@@ -327,8 +328,12 @@ def _check_vae_config(cfg: VAETrainConfig) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise CatdogError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if cfg.lr <= 0:
-        raise CatdogError(f"--lr must be positive, got {cfg.lr}")
+    for name, value in (("lr", cfg.lr), ("disc-lr", cfg.disc_lr)):
+        if not value > 0:
+            raise CatdogError(f"--{name} must be positive, got {value:g}")
+    _check_widths(cfg.model.channels, cfg.model.blocks_per_level, min_blocks=0)
+    if cfg.model.latent_channels < 1:
+        raise CatdogError(f"--latent-channels must be at least 1, got {cfg.model.latent_channels}")
     if cfg.latent_noise < 0:
         raise CatdogError(f"--latent-noise must be 0 or more, got {cfg.latent_noise}")
     if cfg.model.image_size <= 0:
@@ -337,6 +342,18 @@ def _check_vae_config(cfg: VAETrainConfig) -> None:
         raise CatdogError(
             f"image size {cfg.model.image_size} is not divisible by the VAE's downsampling "
             f"factor {2 ** (len(cfg.model.channels) - 1)}"
+        )
+
+
+def _check_widths(channels: tuple[int, ...], blocks_per_level: int, *, min_blocks: int) -> None:
+    """Network widths and depth: a width of 0 or less crashes in the first forward pass, and a
+    negative block count would silently mean none."""
+    if not all(width > 0 for width in channels):
+        raise CatdogError(f"--channels must be positive integers, got {channels}")
+    if blocks_per_level < min_blocks:
+        raise CatdogError(
+            f"--blocks-per-level must be {'0 or more' if min_blocks == 0 else 'at least 1'}, "
+            f"got {blocks_per_level}"
         )
 
 
@@ -528,7 +545,7 @@ def add_diffusion_train_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --save-dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_runtime_args(parser)
+    add_runtime_args(parser, DIFF_DEFAULTS.runtime)
 
 
 def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig:
@@ -541,8 +558,19 @@ def diffusion_config_from_args(args: argparse.Namespace) -> DiffusionTrainConfig
             raise CatdogError(
                 f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}"
             )
+    if not cfg.lr > 0:
+        raise CatdogError(f"--lr must be positive, got {cfg.lr:g}")
+    _check_widths(cfg.unet.channels, cfg.unet.blocks_per_level, min_blocks=1)
+    levels = len(cfg.unet.channels)
+    if not all(0 <= level < levels for level in cfg.unet.attention_levels):
+        raise CatdogError(f"--attention-levels must be in 0..{levels - 1} (one per --channels "
+                          f"width), got {cfg.unet.attention_levels}")  # fmt: skip
     if cfg.schedule.num_timesteps <= 0:
         raise CatdogError(f"--timesteps must be positive, got {cfg.schedule.num_timesteps}")
+    if not cfg.schedule.min_snr_gamma >= 0:
+        raise CatdogError(
+            f"--min-snr-gamma must be 0 (off) or more, got {cfg.schedule.min_snr_gamma:g}"
+        )
     if not math.isfinite(cfg.schedule.logsnr_shift):
         raise CatdogError(
             f"--logsnr-shift must be a finite number, got {cfg.schedule.logsnr_shift}"
