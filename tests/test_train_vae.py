@@ -68,6 +68,54 @@ def test_training_writes_checkpoints_metrics_and_pictures(tiny_data, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_logged_losses_average_over_the_steps_and_images_each_term_ran_on(
+    tiny_data, tmp_path, monkeypatch
+):
+    """Every term below is patched to 1 per batch where it is defined, so its logged epoch mean
+    must be 1: also for kl and adv in the epoch they switch on (the first step of a ramp has
+    weight 0, so the term is not computed there), and for cls and center when some batches
+    hold no labelled image. The logged weights are those of the epoch's last step."""
+    import catdog.train_vae as train_vae
+
+    def one(*tensors, defined=True):  # 1 (0 where undefined), still a function of the inputs
+        return sum(t.sum() * 0.0 for t in tensors) + (1.0 if defined else 0.0)
+
+    monkeypatch.setattr(train_vae, "kl_divergence", lambda m, lv: one(m, lv))
+    monkeypatch.setattr(train_vae, "hinge_g_loss", lambda fake: one(fake))
+    monkeypatch.setattr(train_vae, "hinge_d_loss", lambda real, fake: one(real, fake))
+    monkeypatch.setattr(
+        train_vae, "classifier_loss", lambda lg, lb: one(lg, defined=bool((lb >= 0).any()))
+    )
+    monkeypatch.setattr(
+        train_vae, "center_loss", lambda f, lb, c: one(f, c, defined=bool((lb >= 0).any()))
+    )
+    real_load = train_vae.load_split
+
+    def mostly_unlabeled(data_cfg, split):  # 2 of 24 labelled: some batches of 8 have none
+        images = real_load(data_cfg, split)
+        if split != data_cfg.train_split:
+            return images
+        labels = torch.full_like(images.labels, -1)
+        labels[:2] = images.labels[:2]
+        return ImageSet(images.images, labels, images.source)
+
+    monkeypatch.setattr(train_vae, "load_split", mostly_unlabeled)
+    cfg = tiny_cfg(tiny_data, tmp_path, epochs=2)  # 3 steps an epoch
+    cfg.losses.kl = LossTerm(0.1, start=0.0, ramp=10.0)  # weight 0 at the very first step
+    cfg.losses.adv = LossTerm(0.1, start=1.5)  # on for the last step of epoch 2 only
+    cfg.losses.center = LossTerm(0.1, start=1.0)  # off in all of epoch 1, on in all of epoch 2
+    train(cfg)
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    for record in history:
+        for term in ("kl", "adv", "disc", "cls", "center"):
+            if f"loss_{term}" in record:
+                assert record[f"loss_{term}"] == pytest.approx(1.0), (record["epoch"], term)
+    assert "loss_adv" not in history[0] and "loss_disc" in history[1]
+    assert history[0]["w_adv"] == 0.0 and history[1]["w_adv"] == pytest.approx(0.1)
+    assert history[0]["w_center"] == 0.0 and history[1]["w_center"] == pytest.approx(0.1)
+    assert history[0]["w_kl"] == pytest.approx(0.1 * (2 / 3) / 10)  # ramp at step 3 of 3
+
+
 def test_latent_stats_are_those_of_the_training_set(tiny_data, tmp_path):
     train(tiny_cfg(tiny_data, tmp_path, epochs=1))
     vae, _ = checkpoint.load_vae(tmp_path / FINAL)

@@ -380,7 +380,11 @@ def train_on(
     vae.train()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         epoch_start = time.monotonic()
+        # Per term: the sum of its batch means times the images each mean is over, and that
+        # count. A term on for part of the epoch (the first step of a ramp has weight 0) is
+        # averaged over the steps it ran; cls and center over the labelled images only.
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         seen = 0
         batches = distributed.epoch_batches(n, cfg.batch_size, data_rng, drop_last=drop_last)
         bar = tqdm(
@@ -462,8 +466,11 @@ def train_on(
                     (total / len(slices)).backward()
                 terms["total"] = total
                 micro.append((x, recon.detach()))
+                labelled = int((labels >= 0).sum())
                 for key, value in terms.items():
-                    sums[key] = sums.get(key, 0.0) + value.item() * len(x)
+                    count = labelled if key in ("cls", "center") else len(x)
+                    sums[key] = sums.get(key, 0.0) + value.item() * count
+                    counts[key] = counts.get(key, 0) + count
                 seen += len(x)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -481,21 +488,30 @@ def train_on(
                     with rt.no_sync(disc_model, k == len(micro) - 1):
                         (loss_disc / len(micro)).backward()
                     sums["disc"] = sums.get("disc", 0.0) + loss_disc.item() * len(x)
+                    counts["disc"] = counts.get("disc", 0) + len(x)
                 disc_opt.step()
             step += 1
             bar.set_postfix(loss=f"{total.item():.4f}", rec=f"{terms['rec'].item():.4f}")
 
         keys = sorted(sums)
-        totals = rt.sum(torch.tensor([sums[k] for k in keys] + [seen], dtype=torch.float64))
-        sums = {k: float(v) for k, v in zip(keys, totals[:-1], strict=True)}
+        totals = rt.sum(
+            torch.tensor(
+                [*(sums[k] for k in keys), *(counts[k] for k in keys), seen], dtype=torch.float64
+            )
+        )
+        means = {
+            k: float(totals[j]) / max(float(totals[len(keys) + j]), 1.0)  # 0 when never counted
+            for j, k in enumerate(keys)
+        }
         seen = float(totals[-1])
         elapsed = time.monotonic() - epoch_start
         record = {
             "epoch": epoch,
             "step": step,
             "lr": lr,
-            **{f"loss_{k}": v / seen for k, v in sums.items()},
-            **{f"w_{k}": v for k, v in losses.weights_at(epoch).items()},
+            **{f"loss_{k}": v for k, v in means.items()},
+            # the weights of the epoch's last step, as for ``lr``: those it ended training with
+            **{f"w_{k}": v for k, v in weights.items()},
             "images_per_s": seen / elapsed,
             "epoch_seconds": elapsed,
         }
