@@ -78,3 +78,31 @@ def test_a_state_from_a_newer_version_is_a_one_line_error(tmp_path):
         prepare_run(replace(SAVED, save_dir=str(tmp_path)), resume=True, state_name="state.pt",
                     final_name="final.pt", state_kind=checkpoint.KIND_DIFFUSION_TRAIN_STATE,
                     what="diffusion")  # fmt: skip
+
+
+def test_a_plain_resume_keeps_the_runs_learning_rate_scaling():
+    saved = replace(SAVED, runtime=RuntimeConfig(lr_scaling="linear", lr_base_batch=2))
+    cfg = replace(DiffusionTrainConfig(), runtime=RuntimeConfig(device="cpu"))
+    resumed = resumed_config(saved, cfg, {"runtime": {"device": "cpu"}})
+    assert (resumed.runtime.lr_scaling, resumed.runtime.lr_base_batch) == ("linear", 2)
+    assert resumed.runtime.device == "cpu"  # where this session runs: from the command line
+    given = {"runtime": {"lr_scaling": "sqrt", "lr_base_batch": 64}}
+    cfg = replace(cfg, runtime=RuntimeConfig(lr_scaling="sqrt", lr_base_batch=64))
+    resumed = resumed_config(saved, cfg, given)
+    assert (resumed.runtime.lr_scaling, resumed.runtime.lr_base_batch) == ("sqrt", 64)
+
+
+def test_resuming_with_fewer_epochs_than_done_is_refused(tmp_path):
+    from catdog import checkpoint
+    from catdog.config import to_dict
+    from catdog.runs import prepare_run
+
+    checkpoint.save(tmp_path / "state.pt", checkpoint.KIND_DIFFUSION_TRAIN_STATE,
+                    {"train_config": to_dict(SAVED), "epoch": 5})  # fmt: skip
+    kw = dict(resume=True, state_name="state.pt", final_name="final.pt",
+              state_kind=checkpoint.KIND_DIFFUSION_TRAIN_STATE, what="diffusion")  # fmt: skip
+    cfg = replace(SAVED, save_dir=str(tmp_path), epochs=4)
+    with pytest.raises(CatdogError, match="--epochs 4 is below the 5 epochs"):
+        prepare_run(cfg, given={"epochs": 4}, **kw)
+    resumed, state = prepare_run(replace(cfg, epochs=5), given={"epochs": 5}, **kw)
+    assert resumed.epochs == 5 and state["epoch"] == 5

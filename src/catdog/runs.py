@@ -19,8 +19,11 @@ T = TypeVar("T")
 RUN_CONTROL_FIELDS = ("save_dir", "epochs", "cooldown_epochs", "max_minutes", "stop_at_epoch",
                       "progress", "runtime")  # fmt: skip
 # Of those, the ones that shape the run itself: when the command line does not give them, a
-# resumed run keeps its saved values (the preset's would silently change the schedule).
+# resumed run keeps its saved values (the preset's would silently change the schedule). The
+# runtime's learning-rate scaling is one of them; the rest of the runtime (device, precision,
+# accumulation, compile) is where this session runs.
 KEPT_UNLESS_GIVEN = ("epochs", "cooldown_epochs")
+RUNTIME_KEPT_UNLESS_GIVEN = ("lr_scaling", "lr_base_batch")
 # Where inputs live now, which a resumed run may be pointed at again (a moved VAE, VGG16 file or
 # data folder). The VAE is checked by content on resume, so a different VAE is still refused.
 RELOCATABLE = ("vae_path", "vgg_weights", "data.data_dir")
@@ -61,7 +64,12 @@ def prepare_run(
             raise CatdogError(
                 f"{state_path} holds a config this version cannot read ({exc})"
             ) from None
-        return resumed_config(saved, cfg, given), state
+        resumed = resumed_config(saved, cfg, given)
+        epochs, done = resumed.epochs, state.get("epoch", 0)  # type: ignore[attr-defined]
+        if epochs < done:
+            raise CatdogError(f"--epochs {epochs} is below the {done} epochs this run has done; "
+                              "give at least that many to continue it")  # fmt: skip
+        return resumed, state
     if state_path.exists() or (save_dir / final_name).exists():
         raise CatdogError(
             f"{save_dir} already holds a {what} run; pass --resume to continue it, or choose "
@@ -90,6 +98,11 @@ def resumed_config(saved: T, cfg: T, given: dict[str, Any] | None) -> T:
     for name in KEPT_UNLESS_GIVEN:
         if name in control and name not in given:
             control[name] = getattr(saved, name)
+    if "runtime" in control:
+        saved_runtime = saved.runtime  # type: ignore[attr-defined]
+        kept = {name: getattr(saved_runtime, name) for name in RUNTIME_KEPT_UNLESS_GIVEN
+                if name not in given.get("runtime", {})}  # fmt: skip
+        control["runtime"] = replace(control["runtime"], **kept)
     moved = _nested({k: asked[k] for k in fixed})
     return replace(from_dict(type(saved), merge(to_dict(saved), moved)), **control)
 
