@@ -5,10 +5,17 @@ precision, recall, the class probe's accuracy and the memorisation rate (``scori
 
 Variants (m = the model, g = the guide, c = the class, 0 = the null label):
 
+- ``plain``: the model alone, one pass a step (for a guidance-distilled model);
 - ``ag W``: autoguidance, ``m(c) + (W-1) (m(c) - g(c))`` (the shipped default, W = 3);
 - ``agnull W``: the guide given the null label, ``m(c) + (W-1) (m(c) - g(0))``: a weaker
   *and* unconditional reference, so the push is towards quality and the class at once;
 - ``agcfg WA WC``: both terms, ``m(c) + (WA-1) (m(c) - g(c)) + (WC-1) (m(c) - m(0))``;
+- ``apg W ETA``: autoguidance with the update projected as in adaptive projected guidance
+  (Sadat et al. 2025, eq. 7), in clean-latent (x0) space: the part of ``x0(m) - x0(g)``
+  parallel to ``x0(m)`` (which mostly raises contrast and saturation) is scaled by ETA, the
+  orthogonal part kept, ``x0 = x0(m) + (W-1) (orth + ETA par)``;
+- ``agrs W PHI``: autoguidance rescaled (Lin et al. 2024, eq. 15-16) so the guided x0 keeps the
+  per-image std of ``x0(m)``, mixed with weight PHI with the plain autoguided x0;
 - ``... @LO-HI``: guidance only at timesteps LO..HI, the plain conditional model elsewhere
   (the guidance interval of Kynkaanniemi et al. 2024);
 - ``... sN``: N sampler steps instead of 20;
@@ -48,6 +55,8 @@ a = p.parse_args()
 unet, schedule, record = checkpoint.load_diffusion(a.model_path)
 vae, _ = checkpoint.find_vae(a.model_path, record, a.vae_path)
 guide, _ = checkpoint.find_guide(a.model_path, record, a.guide_path)
+if any(v.split()[0] in ("apg", "agrs") for v in a.variants) and schedule.cfg.objective != "v":
+    sys.exit("apg and agrs are written for the v objective")
 scorer = SeedScorer(vae, a.num_per_class)
 null = unet.null_label
 
@@ -58,13 +67,28 @@ def denoiser(kind: str, w: list[float], lo: int, hi: int):
         inside = (t >= lo) & (t <= hi)
         if not bool(inside.any()):
             return m
-        if kind == "ag":
+        if kind == "plain":  # the model alone (e.g. a guidance-distilled student)
+            out = m
+        elif kind == "ag":
             out = m + (w[0] - 1) * (m - guide(x, t, c))
         elif kind == "agnull":
             out = m + (w[0] - 1) * (m - guide(x, t, torch.full_like(c, null)))
         elif kind == "agcfg":
             out = m + (w[0] - 1) * (m - guide(x, t, c))
             out = out + (w[1] - 1) * (m - unet(x, t, torch.full_like(c, null)))
+        elif kind in ("apg", "agrs"):
+            a, s = schedule._coeffs(t)  # x0 = a x_t - s v (v-objective)
+            x0_m = a * x - s * m
+            x0 = x0_m - (w[0] - 1) * s * (m - guide(x, t, c))
+            if kind == "apg":
+                diff = x0 - x0_m
+                unit = x0_m / x0_m.flatten(1).norm(dim=1).clamp(min=1e-8)[:, None, None, None]
+                par = (diff * unit).flatten(1).sum(1)[:, None, None, None] * unit
+                x0 = x0_m + (diff - par) + w[1] * par
+            else:
+                std = lambda v: v.flatten(1).std(1)[:, None, None, None]  # noqa: E731
+                x0 = w[1] * x0 * std(x0_m) / std(x0) + (1 - w[1]) * x0
+            out = (a * x - x0) / s
         elif kind == "cfg":
             out = m + (w[0] - 1) * (m - unet(x, t, torch.full_like(c, null)))
         else:
