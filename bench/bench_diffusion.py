@@ -108,9 +108,9 @@ def main() -> None:
         parser.error("--preset and --unet build a model with random weights; not with --model-path")
     torch.manual_seed(0)
     if args.model_path:
-        unet, schedule, record = checkpoint.load_diffusion(args.model_path)
-        vae, _ = checkpoint.find_vae(args.model_path, record)
-        guide, link = checkpoint.find_guide(args.model_path, record, args.guide_path)
+        unet, schedule, model_record = checkpoint.load_diffusion(args.model_path)
+        vae, _ = checkpoint.find_vae(args.model_path, model_record)
+        guide, link = checkpoint.find_guide(args.model_path, model_record, args.guide_path)
     else:
         cfg = diffusion_preset(args.preset or "cpu")
         if args.unet:
@@ -123,12 +123,13 @@ def main() -> None:
     if args.class_guidance != 1.0 and guide is None:
         parser.error("--class-guidance adds to autoguidance, and there is no guide")
     guidance = checkpoint.resolve_guidance(args.guidance, link)
+    distilled = bool(args.model_path) and bool(model_record.get("distilled"))
     record = {
         **record_header(),
         "unet_config": to_dict(unet.cfg),
         "unet_params": sum(p.numel() for p in unet.parameters()),
         "guidance": guidance,
-        "guide": "autoguidance" if guide is not None else "classifier-free",
+        "guide": checkpoint.guidance_kind({"distilled": distilled}, guide),
         "guide_params": sum(p.numel() for p in guide.parameters()) if guide is not None else 0,
         "class_guidance": args.class_guidance,
         "images": args.images,

@@ -80,7 +80,7 @@ n, k_max = a.num_per_class, a.pool
 
 # ---------------------------------------------------------------- the candidate pool
 cfg = EvaluateConfig(model_path=a.model_path, num_per_class=k_max * n, progress=True)
-unet, schedule, vae, _, guide, _ = _load_model(cfg)
+unet, schedule, vae, _, guide, _, _ = _load_model(cfg)
 earlier = torch.load(a.reuse) if a.reuse else None
 start = time.monotonic()
 if earlier is None or "images" not in earlier:

@@ -73,7 +73,9 @@ def class_guidance_text(r: dict) -> str:
 def guidance_text(r: dict) -> str:
     """The guidance of a quality record: classifier-free (CFG) unless a guide model was used,
     and best-of-K selection when the record used it (--select K)."""
-    kind = "autoguidance" if r.get("guide") == "autoguidance" else "CFG"
+    kind = {"autoguidance": "autoguidance", "distilled": "distilled, guidance"}.get(
+        r.get("guide"), "CFG"
+    )
     select = f", best of {r['select']}" if r.get("select", 1) != 1 else ""
     return f"{kind} {r['guidance']}{class_guidance_text(r)}{select}"
 
@@ -285,7 +287,9 @@ def speed_section(out: list[str]) -> None:
         u = r["unet_config"]
         speeds = [str(r["sampling_images_per_s"].get(k, "-")) for k in keys]
         guide = (f"autoguidance (guide {r['guide_params'] / 1e6:.2f} M)"
-                 if r.get("guide") == "autoguidance" else "CFG")  # fmt: skip
+                 if r.get("guide") == "autoguidance"
+                 else "distilled (one pass a step)" if r.get("guide") == "distilled"
+                 else "CFG")  # fmt: skip
         guide += class_guidance_text(r)
         out.append(
             f"| {recorded(r)} | {tuple(u['channels'])} x {u['blocks_per_level']} | "
@@ -405,7 +409,8 @@ def training_section(out: list[str]) -> None:
                    "quiet machine (epochs x median) | result |")  # fmt: skip
         out.append("|---|---|---|---|---|---|---|")
         for r in runs:
-            out.append(f"| {recorded(r)} | {r['stage']} | {r['label']} | {r['epochs']} | "
+            length = r["epochs"] if r["epochs"] is not None else f"{r['steps']} steps"
+            out.append(f"| {recorded(r)} | {r['stage']} | {r['label']} | {length} | "
                        f"{r['wall_minutes']} | {r.get('quiet_minutes', '-')} | "
                        f"{r['result']} |")  # fmt: skip
         out.append("")

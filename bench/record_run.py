@@ -1,11 +1,13 @@
 """Record a finished (or stopped) training run: epochs and the training wall-clock time summed
 from the run's own per-epoch `metrics.jsonl`, and its last figures.
 
-    python bench/record_run.py RUN_DIR --stage vae|diffusion --label "..."
+    python bench/record_run.py RUN_DIR --stage vae|diffusion|distill --label "..."
 
 Appends one record to bench/results/training_runs.jsonl. The time is the sum of the epochs'
 measured seconds (evaluation and picture time between epochs is not included), so it is the
-training time of the run even when it was spread over several resumed sessions.
+training time of the run even when it was spread over several resumed sessions. A
+distillation run (`catdog distill`) logs every --checkpoint-every steps instead of every epoch;
+its intervals count as its "epochs" here.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run_dir")
-    parser.add_argument("--stage", choices=["vae", "diffusion"], required=True)
+    parser.add_argument("--stage", choices=["vae", "diffusion", "distill"], required=True)
     parser.add_argument("--label", required=True)
     parser.add_argument(
         "--last-epoch", type=int, default=None,
@@ -34,6 +36,13 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     rows = [json.loads(x) for x in (Path(args.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    if args.stage == "distill":  # logged by interval of steps; each interval's own seconds
+        batch = json.loads((Path(args.run_dir) / "config.json").read_text())["batch_size"]
+        for previous, row in zip([{"step": 0}, *rows], rows, strict=False):
+            # runs logged before "seconds" existed: the interval's latents at its logged rate
+            seconds = row.get("seconds", (row["step"] - previous["step"]) * batch
+                              / row["latents_per_s"])  # fmt: skip
+            row.update(epoch=row["step"], epoch_seconds=seconds)
     if args.last_epoch is not None:
         rows = [r for r in rows if r["epoch"] <= args.last_epoch]
     speed_key = "images_per_s" if args.stage == "vae" else "latents_per_s"
@@ -49,7 +58,7 @@ def main() -> None:
         "stage": args.stage,
         "label": args.label,
         "run_dir": args.run_dir,
-        "epochs": last["epoch"],
+        "epochs": None if args.stage == "distill" else last["epoch"],
         "steps": last["step"],
         "wall_minutes": round(sum(r["epoch_seconds"] for r in rows) / 60, 1),
         # Epochs slowed by other jobs on the same cores inflate the sum; the median epoch

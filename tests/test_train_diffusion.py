@@ -268,8 +268,8 @@ def test_loss_curves_are_redrawn_at_checkpoints_only(tiny_data, tiny_vae, tmp_pa
 
     drawn = []
     draw = viz.save_loss_curves
-    monkeypatch.setattr(viz, "save_loss_curves", lambda p, rows, k: (drawn.append(len(rows)),
-                                                                     draw(p, rows, k)))  # fmt: skip
+    monkeypatch.setattr(viz, "save_loss_curves", lambda p, rows, k, **kw: (
+        drawn.append(len(rows)), draw(p, rows, k, **kw)))  # fmt: skip
     train(tiny_diffusion_cfg(tiny_data, tiny_vae, tmp_path, epochs=5, checkpoint_every=2))
     assert drawn == [2, 4, 5]
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5

@@ -355,7 +355,18 @@ def find_guide(
     (eval mode) and its link: ``file``, the path it was loaded from, and the optional
     ``guidance``, the scale it was tuned for. A guide must share the model's VAE (content hash),
     noise schedule, latent shape and classes, else the outputs cannot be combined.
+
+    A guidance-distilled model (``catdog.distill``) takes no guide: its link is only its
+    default scale, 1, since the guided output is what it learnt to give in one pass.
     """
+    distilled = record.get("distilled")
+    if distilled:  # the guided output is the model's own: one pass a step, guidance 1
+        if guide_path not in (None, "none"):
+            raise CatdogError(
+                f"{diffusion_path} has its teacher's guidance (scale {distilled['guidance']:g}) "
+                "distilled into it and takes no guide; drop --guide-path"
+            )
+        return None, {"guidance": 1.0}
     recorded = dict(record.get("guide") or {})
     if guide_path == "none" or (guide_path is None and not recorded):
         return None, {}
@@ -408,6 +419,14 @@ def _latent_ids(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str]:
     decoder fine-tunes share it), else the content hashes."""
     key = "latent_sha256" if "latent_sha256" in a and "latent_sha256" in b else "sha256"
     return a[key], b[key]
+
+
+def guidance_kind(record: dict[str, Any], guide: torch.nn.Module | None) -> str:
+    """How a model is guided when sampled with ``guide``: "distilled" (its teacher's guidance
+    built in), "autoguidance" or "classifier-free"."""
+    if record.get("distilled"):
+        return "distilled"
+    return "autoguidance" if guide is not None else "classifier-free"
 
 
 def resolve_guidance(guidance: float | None, guide_link: dict[str, Any]) -> float:

@@ -931,6 +931,90 @@ def cmd_fit_selector(args: argparse.Namespace) -> None:
     print(f"wrote {output}: a selector fitted on {len(data.labels)} images of {data.source}")
 
 
+DISTILL_KEYS = ("model_path", "guide_path", "vae_path", "guidance", "generated",
+                "generated_fraction", "steps", "batch_size", "lr", "ema_decay", "seed",
+                "save_dir", "checkpoint_every", "max_minutes", "device")  # fmt: skip
+
+
+def add_distill_args(parser: argparse.ArgumentParser) -> None:
+    from .config import DistillConfig
+
+    d = DistillConfig()
+    _flag(parser, "model-path", help="the teacher: a diffusion checkpoint (default: the shipped "
+          "weights)")  # fmt: skip
+    _flag(parser, "guide-path", help=GUIDE_HELP)
+    _flag(parser, "vae-path", help="VAE checkpoint (default: the one recorded with the teacher)")
+    _flag(parser, "guidance", type=float, help=GUIDANCE_HELP + "; the student's built-in scale")
+    _flag(parser, "data-dir", help="the training photos (default: the teacher's training data)")
+    _flag(parser, "dataset", choices=["auto", "stl10", "folder"], help="data source (default: "
+          "the teacher's)")  # fmt: skip
+    _flag(parser, "train-split", help="the photos' split (default: the teacher's)")
+    _flag(
+        parser,
+        "generated",
+        type=int,
+        help=f"latents the guided teacher samples once for the pool (default: {d.generated})",
+    )
+    _flag(
+        parser,
+        "generated-fraction",
+        type=float,
+        help=f"share of each batch from the pool (default: {d.generated_fraction})",
+    )
+    _flag(parser, "steps", type=int, help=f"optimiser steps (default: {d.steps})")
+    _flag(parser, "batch-size", type=int, help=f"batch size (default: {d.batch_size})")
+    _flag(parser, "lr", type=float, help=f"learning rate, constant (default: {d.lr})")
+    _flag(parser, "ema-decay", type=float, help=f"EMA decay (default: {d.ema_decay})")
+    _flag(parser, "seed", type=int, help=f"random seed (default: {d.seed})")
+    _flag(parser, "save-dir", help=f"run folder (default: {d.save_dir})")
+    _flag(
+        parser,
+        "checkpoint-every",
+        type=int,
+        help=f"steps between checkpoints (default: {d.checkpoint_every})",
+    )
+    _flag(parser, "max-minutes", type=float, help="stop (resumably) after this many minutes")
+    _flag(parser, "device", help=f"auto, cpu, cuda, cuda:N or mps (default: {d.device})")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --save-dir")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def distill_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields the user's flags set, as a nested dict."""
+    o: dict[str, Any] = {k: getattr(args, k) for k in DISTILL_KEYS if getattr(args, k) is not None}
+    o["data"] = {k: getattr(args, k) for k in ("data_dir", "dataset", "train_split")
+                 if getattr(args, k) is not None}  # fmt: skip
+    o["progress"] = not args.no_progress
+    return o
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from . import checkpoint
+    from .config import DistillConfig, from_dict, merge, to_dict
+    from .distill import FINAL, distill
+    from .generate import resolve_model_path
+
+    given = distill_overrides(args)
+    cfg = from_dict(DistillConfig, merge(to_dict(DistillConfig()), given))
+    if not given["data"] and not args.resume:  # the photos the teacher was trained on
+        try:
+            teacher = checkpoint.load(resolve_model_path(cfg.model_path), checkpoint.KIND_DIFFUSION)
+            recorded = teacher["train_config"]["data"]
+            if Path(recorded["data_dir"]).is_dir():
+                cfg.data = from_dict(type(cfg.data), {**to_dict(cfg.data), **recorded})
+                print(f"distilling on {recorded['data_dir']}, the data the teacher was trained "
+                      "on (--data-dir to change)", file=sys.stderr)  # fmt: skip
+        except (CatdogError, KeyError, TypeError, ValueError):
+            pass  # distill reports a missing or bad teacher in its own words
+    record = distill(cfg, resume=args.resume, given=given)
+    print(
+        f"distilled model in {cfg.save_dir}/{FINAL}: step {record.get('step')}, "
+        f"loss {record.get('loss', float('nan')):.4g}"
+    )
+
+
 # The `catdog` sub-commands: name, one-line help, description, argument adder, command.
 COMMANDS: list[tuple[str, str, str, Callable, Callable]] = [
     ("train-vae", "train the VAE stage", "Train the VAE stage.", add_vae_train_args, cmd_train_vae),
@@ -968,6 +1052,14 @@ COMMANDS: list[tuple[str, str, str, Callable, Callable]] = [
         "Export a diffusion checkpoint and its VAE as fp16 safetensors.",
         add_export_args,
         cmd_export,
+    ),
+    (
+        "distill",
+        "distil a model's guidance into one network (one UNet pass a sampling step)",
+        "Train a student that gives a model's guided output in one pass (guidance "
+        "distillation, Meng et al. 2023).",
+        add_distill_args,
+        cmd_distill,
     ),
     (
         "fit-selector",

@@ -175,7 +175,7 @@ def _load_model(cfg: EvaluateConfig) -> tuple[Any, ...]:
     cfg.guidance = checkpoint.resolve_guidance(cfg.guidance, link)
     check_class_guidance(cfg.class_guidance, guide)
     class_selector = load_selector(cfg.select, cfg.selector_path, cfg.vgg_weights)
-    return unet, schedule, vae, vae_path, guide, class_selector
+    return unet, schedule, vae, vae_path, guide, class_selector, record
 
 
 def generate_images(
@@ -235,7 +235,7 @@ def evaluate(cfg: EvaluateConfig, extractor: FeatureExtractor | None = None) -> 
         )
     vae = None
     if cfg.model_path is not None:
-        unet, schedule, vae, vae_path, guide, class_selector = _load_model(cfg)
+        unet, schedule, vae, vae_path, guide, class_selector, record = _load_model(cfg)
         cfg.data.image_size = vae.cfg.image_size
     output = Path(cfg.output)
     if output.suffix in (".png", ".md"):
@@ -301,7 +301,7 @@ def evaluate(cfg: EvaluateConfig, extractor: FeatureExtractor | None = None) -> 
     }
     if vae is not None:
         report["vae_path"] = str(vae_path)
-        report["guide"] = "autoguidance" if guide is not None else "classifier-free"
+        report["guide"] = checkpoint.guidance_kind(record, guide)
     checkpoint.atomic_write_json(output, report)
     return report
 

@@ -14,6 +14,7 @@ from .generate import check_scales
 
 VAE_FILE, DIFFUSION_FILE = "catdog_vae.safetensors", "catdog_diffusion.safetensors"
 GUIDE_FILE = "catdog_guide.safetensors"
+DISTILLED_FILE = "catdog_diffusion_distilled.safetensors"  # a guidance-distilled model's name
 
 
 def export_pair(
@@ -25,7 +26,9 @@ def export_pair(
     or ``guide_path``; "none" for none): the weaker model that autoguidance uses, linked from the
     diffusion file with the scale it was tuned for (``guidance``, default the recorded one), so
     that generation uses it by default. ``vae_path`` ships another VAE than the recorded one:
-    it must fit the model (``checkpoint.fits_link``), e.g. a decoder fine-tune of it.
+    it must fit the model (``checkpoint.fits_link``), e.g. a decoder fine-tune of it. A
+    guidance-distilled model (``catdog distill``) is written as
+    ``catdog_diffusion_distilled.safetensors`` instead, so it can ship beside its teacher.
 
     The diffusion file links its VAE by the content hash of the VAE *as it loads from the fp16
     file*, so the pair checks itself exactly like the training checkpoints do. The latent map
@@ -45,7 +48,8 @@ def export_pair(
         guide_record = checkpoint.load(guide_link["file"], checkpoint.KIND_DIFFUSION)
     out = Path(out_dir)
     # Every file's weights must fit fp16 before any is written.
-    for name, rec in ((VAE_FILE, vae_record), (DIFFUSION_FILE, record), (GUIDE_FILE, guide_record)):
+    model_name = DISTILLED_FILE if record.get("distilled") else DIFFUSION_FILE
+    for name, rec in ((VAE_FILE, vae_record), (model_name, record), (GUIDE_FILE, guide_record)):
         if rec is not None:
             checkpoint.check_fp16(rec["state_dict"], out / name)
     data_cfg = from_dict(DataConfig, record["train_config"]["data"])
@@ -56,7 +60,7 @@ def export_pair(
     # export's diffusion file.
     held_out = balanced_subset(load_split(data_cfg, data_cfg.val_split), 400)
     checkpoint.check_writable(out)
-    vae_file, diffusion_file = out / VAE_FILE, out / DIFFUSION_FILE
+    vae_file, diffusion_file = out / VAE_FILE, out / model_name
     checkpoint.save_safetensors(vae_file, checkpoint.KIND_VAE, checkpoint.payload_of(vae_record))
     shipped_vae, _ = checkpoint.load_vae(vae_file)
     latent_map = LatentMap.fit(

@@ -15,18 +15,19 @@ T = TypeVar("T")
 # Fields a resumed run takes from the command line; everything else comes from the saved run.
 # save_dir is among them: a copied or moved run folder resumes where it is now.
 # cooldown_epochs (diffusion) too: the end of the learning-rate schedule is set with the end of
-# the run.
-RUN_CONTROL_FIELDS = ("save_dir", "epochs", "cooldown_epochs", "max_minutes", "stop_at_epoch",
-                      "progress", "runtime")  # fmt: skip
+# the run. A distillation run's length is in steps, and its device is where this session runs.
+RUN_CONTROL_FIELDS = ("save_dir", "epochs", "steps", "cooldown_epochs", "max_minutes",
+                      "stop_at_epoch", "progress", "runtime", "device")  # fmt: skip
 # Of those, the ones that shape the run itself: when the command line does not give them, a
 # resumed run keeps its saved values (the preset's would silently change the schedule). The
 # runtime's learning-rate scaling is one of them; the rest of the runtime (device, precision,
 # accumulation, compile) is where this session runs.
-KEPT_UNLESS_GIVEN = ("epochs", "cooldown_epochs")
+KEPT_UNLESS_GIVEN = ("epochs", "steps", "cooldown_epochs")
 RUNTIME_KEPT_UNLESS_GIVEN = ("lr_scaling", "lr_base_batch")
 # Where inputs live now, which a resumed run may be pointed at again (a moved VAE, VGG16 file or
-# data folder). The VAE is checked by content on resume, so a different VAE is still refused.
-RELOCATABLE = ("vae_path", "vgg_weights", "data.data_dir")
+# data folder; a distillation's teacher and guide). The VAE, teacher and guide are checked by
+# content on resume, so different networks are still refused.
+RELOCATABLE = ("vae_path", "vgg_weights", "data.data_dir", "model_path", "guide_path")
 
 
 def prepare_run(
@@ -65,9 +66,10 @@ def prepare_run(
                 f"{state_path} holds a config this version cannot read ({exc})"
             ) from None
         resumed = resumed_config(saved, cfg, given)
-        epochs, done = resumed.epochs, state.get("epoch", 0)  # type: ignore[attr-defined]
-        if epochs < done:
-            raise CatdogError(f"--epochs {epochs} is below the {done} epochs this run has done; "
+        unit = "epochs" if hasattr(resumed, "epochs") else "steps"  # a run's length, and done
+        length, done = getattr(resumed, unit), state.get(unit[:-1], 0)
+        if length < done:
+            raise CatdogError(f"--{unit} {length} is below the {done} {unit} this run has done; "
                               "give at least that many to continue it")  # fmt: skip
         return resumed, state
     if state_path.exists() or (save_dir / final_name).exists():
@@ -131,12 +133,14 @@ def _nested(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_metrics(
-    save_dir: Path, history: list[dict], curve_keys: list[str], *, curves: bool = True
-) -> None:
+    save_dir: Path, history: list[dict], curve_keys: list[str], *, curves: bool = True,
+    x: str = "epoch",
+) -> None:  # fmt: skip
     """Rewrite metrics.jsonl (atomically) from the run's history and, with ``curves``, the
     loss-curve figure. Drawing the figure takes about 0.5 s on a CPU, a tenth of a diffusion
-    epoch there and more than a whole one on a GPU, so runs redraw it at checkpoints only."""
+    epoch there and more than a whole one on a GPU, so runs redraw it at checkpoints only.
+    ``x``: the records' key the curves are drawn against."""
     lines = "".join(json.dumps(record) + "\n" for record in history)
     checkpoint.atomic_write_bytes(save_dir / "metrics.jsonl", lines.encode())
     if curves:
-        viz.save_loss_curves(save_dir / "loss_curves.png", history, curve_keys)
+        viz.save_loss_curves(save_dir / "loss_curves.png", history, curve_keys, x=x)

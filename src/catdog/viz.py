@@ -90,8 +90,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def save_loss_curves(path: str | os.PathLike, records: list[dict], keys: list[str]) -> None:
-    """One panel per metric key present in the records, against epoch."""
+def save_loss_curves(
+    path: str | os.PathLike, records: list[dict], keys: list[str], x: str = "epoch"
+) -> None:
+    """One panel per metric key present in the records, against ``x`` (epoch, or step)."""
     keys = [k for k in keys if any(k in r for r in records)]
     if not records or not keys:
         return
@@ -99,11 +101,11 @@ def save_loss_curves(path: str | os.PathLike, records: list[dict], keys: list[st
     rows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys, strict=False):
-        pts = [(r["epoch"], r[key]) for r in records if key in r and r[key] is not None]
+        pts = [(r[x], r[key]) for r in records if key in r and r[key] is not None]
         if pts:
             ax.plot(*np.array(pts).T, marker="." if len(pts) < 30 else None)
         ax.set_title(key)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(x)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")

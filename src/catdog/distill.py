@@ -1,0 +1,206 @@
+"""Guidance distillation: one network that gives, in one pass, what a model and its guide give
+together (Meng et al. 2023, "On distillation of guided diffusion models", stage one).
+
+Guided sampling costs two UNet passes a step: the model and its guide (autoguidance), or the
+model given the label and given the null label (classifier-free). The student is a copy of the
+model, fine-tuned so that ``student(x_t, t, c)`` matches the teacher's guided output
+``diffusion.guided_output`` at the same input, at noise levels drawn uniformly. Its checkpoint
+is an ordinary diffusion checkpoint with a ``distilled`` record (teacher, guide, scale, steps):
+``checkpoint.find_guide`` gives it no guide and guidance 1, so generation, evaluation and the
+pictures sample it at one pass a step with no other change.
+
+The inputs the student learns at are noised latents of two kinds: the training photos and
+their mirrors as the VAE encodes them (posterior means), and a pool of latents the guided
+teacher samples once (``cfg.generated``), because sampling passes through the guided
+trajectories, off the photos' latents.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .config import DistillConfig, from_dict, to_dict
+from .data import load_split
+from .diffusion import guided_output
+from .distributed import optimizer_to, select_device
+from .ema import EMA
+from .errors import CatdogError
+from .generate import check_scales, resolve_model_path, sample_latents
+from .runs import prepare_run, write_metrics
+from .train_vae import encode_training_set
+
+STATE, FINAL = "distill_state.pt", "conditional_diffusion_distilled.pt"
+KIND_STATE = checkpoint.KIND_DIFFUSION_TRAIN_STATE
+CURVE_KEYS = ["loss", "latents_per_s"]
+POOL_SEED = 2**31  # the pool's seeds start here, away from generate's and evaluate's (from 0)
+
+
+def check(cfg: DistillConfig) -> None:
+    """The settings, before anything is loaded or written."""
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
+        raise CatdogError("--steps, --batch-size and --checkpoint-every must be at least 1, got "
+                          f"{cfg.steps}, {cfg.batch_size}, {cfg.checkpoint_every}")  # fmt: skip
+    if not 0 <= cfg.generated_fraction <= 1:
+        raise CatdogError(f"--generated-fraction must be in [0, 1], got {cfg.generated_fraction}")
+    if cfg.generated < 0 or (cfg.generated_fraction > 0 and cfg.generated == 0):
+        raise CatdogError(f"--generated must be at least 1 with --generated-fraction above 0, "
+                          f"got {cfg.generated}")  # fmt: skip
+    if cfg.generated_fraction > 0 and POOL_SEED + cfg.generated > 2**32:
+        raise CatdogError(f"--generated must be at most {2**32 - POOL_SEED}, got {cfg.generated}")
+    if not cfg.lr > 0:
+        raise CatdogError(f"--lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise CatdogError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
+        raise CatdogError(f"--max-minutes must be positive, got {cfg.max_minutes}")
+    check_scales(guidance=cfg.guidance)
+
+
+def teacher_of(cfg: DistillConfig) -> tuple[Any, ...]:
+    """The teacher (the model, its schedule and record), its VAE and path, its guide and the
+    guidance scale, each checked as generation checks them."""
+    model_path = resolve_model_path(cfg.model_path)
+    teacher, schedule, record = checkpoint.load_diffusion(model_path)
+    if record.get("distilled"):
+        raise CatdogError(f"{model_path} is already guidance-distilled; distil its teacher")
+    if teacher.cfg.subclasses > 1 or teacher.cfg.self_condition:
+        raise CatdogError(f"{model_path} has sub-classes or self-conditioning, which "
+                          "distillation does not support")  # fmt: skip
+    vae, vae_path = checkpoint.find_vae(model_path, record, cfg.vae_path)
+    guide, link = checkpoint.find_guide(model_path, record, cfg.guide_path)
+    guidance = checkpoint.resolve_guidance(cfg.guidance, link)
+    if guidance == 1.0:
+        raise CatdogError("guidance 1 is the model itself: there is no guidance to distil")
+    return model_path, teacher, schedule, record, vae, vae_path, guide, guidance
+
+
+def distill(cfg: DistillConfig, *, resume: bool = False,
+            given: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train (or, with ``resume``, continue) a student; returns the last logged record.
+
+    Writes ``conditional_diffusion_distilled.pt`` (the student's EMA, usable at every
+    checkpoint), ``distill_state.pt`` (to resume), ``config.json``, ``metrics.jsonl`` and the
+    loss curve into ``cfg.save_dir``. ``given``: the settings the command line set, for
+    ``runs.prepare_run`` on resume."""
+    check(cfg)
+    cfg, state = prepare_run(cfg, resume=resume, state_name=STATE, final_name=FINAL,
+                             state_kind=KIND_STATE, what="distillation", given=given)  # fmt: skip
+    check(cfg)
+    model_path, teacher, schedule, record, vae, vae_path, guide, guidance = teacher_of(cfg)
+    teacher_link = {"path": str(Path(model_path).resolve()),
+                    "sha256": checkpoint.content_hash(teacher.state_dict())}  # fmt: skip
+    distilled = {"teacher": teacher_link, "guidance": guidance,
+                 "guide_sha256": None if guide is None else checkpoint.content_hash(
+                     guide.state_dict())}  # fmt: skip
+    if state is not None:  # the paths may have moved; the networks must be the same
+        started = state["distilled"]
+        if started["teacher"]["sha256"] != teacher_link["sha256"]:
+            raise CatdogError(f"{model_path} is not the teacher this distillation run started "
+                              "from")  # fmt: skip
+        if started["guide_sha256"] != distilled["guide_sha256"]:
+            raise CatdogError("the guide is not the one this distillation run started from")
+    vae_link = checkpoint.vae_link(vae, str(Path(vae_path).resolve()))
+    save_dir = Path(cfg.save_dir)
+    # The teacher and guide were loaded for sampling (channels-last); train in NCHW as
+    # train_diffusion does.
+    device = select_device(cfg.device)
+    teacher = teacher.to(device, memory_format=torch.contiguous_format)
+    if guide is not None:
+        guide = guide.to(device, memory_format=torch.contiguous_format)
+
+    real, real_labels = torch.empty(0), torch.empty(0, dtype=torch.long)
+    if cfg.generated_fraction < 1:
+        data = from_dict(type(cfg.data), {**to_dict(cfg.data), "image_size": vae.cfg.image_size})
+        photos = load_split(data, data.train_split)
+        real = vae.normalize_latent(encode_training_set(vae, photos.images)[0])
+        real_labels = photos.labels.repeat(2)  # the photos, then their mirrors
+    if state is not None:
+        pool, pool_labels = state["pool"], state["pool_labels"]
+    elif cfg.generated_fraction > 0:
+        pool_labels = torch.arange(cfg.generated) % 2  # cats and dogs alike
+        seeds = list(range(POOL_SEED, POOL_SEED + cfg.generated))  # the same pool for any seed
+        pool = sample_latents(teacher, schedule, pool_labels, seeds, sampler="dpmpp", steps=20,
+                              guidance=guidance, guide=guide, batch_size=100,
+                              progress=cfg.progress, device=device).cpu()  # fmt: skip
+    else:
+        pool, pool_labels = torch.empty(0), torch.empty(0, dtype=torch.long)
+
+    torch.manual_seed(cfg.seed)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    ema = EMA(student, cfg.ema_decay)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
+    rng = torch.Generator().manual_seed(cfg.seed + 1)  # all randomness drawn on the CPU
+    step, history = 0, []
+    if state is not None:
+        student.load_state_dict(state["student"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, history = state["step"], state["history"]
+        rng.set_state(state["rng"])
+    optimizer_to(opt, device)
+    checkpoint.atomic_write_json(save_dir / "config.json", to_dict(cfg))
+
+    def save() -> None:
+        checkpoint.save(save_dir / FINAL, checkpoint.KIND_DIFFUSION, checkpoint.diffusion_payload(
+            ema.model, record["schedule_config"], vae_link, to_dict(cfg),
+            distilled={**distilled, "steps": step}, step=step,
+        ))  # fmt: skip
+        checkpoint.save(save_dir / STATE, KIND_STATE, {
+            "train_config": to_dict(cfg), "student": student.state_dict(), "ema": ema.state_dict(),
+            "opt": opt.state_dict(), "step": step, "history": history, "rng": rng.get_state(),
+            "pool": pool, "pool_labels": pool_labels, "distilled": distilled,
+        })  # fmt: skip
+
+    from_pool = round(cfg.batch_size * cfg.generated_fraction)
+    started = last_log = time.monotonic()
+    loss_sum, seen = 0.0, 0
+    bar = tqdm(total=cfg.steps, initial=step, desc="distilling", disable=not cfg.progress)
+    while step < cfg.steps:
+        x0, labels = [], []
+        for source, source_labels, count in ((real, real_labels, cfg.batch_size - from_pool),
+                                             (pool, pool_labels, from_pool)):  # fmt: skip
+            if count:
+                pick = torch.randint(len(source), (count,), generator=rng)
+                x0.append(source[pick])
+                labels.append(source_labels[pick])
+        x0, labels = torch.cat(x0), torch.cat(labels)
+        labels = teacher.drop_labels(labels, rng)  # the null label too, as in training
+        t = torch.randint(1, schedule.num_timesteps + 1, (len(x0),), generator=rng)
+        noise = torch.randn(x0.shape, generator=rng)
+        x0, noise, t, labels = x0.to(device), noise.to(device), t.to(device), labels.to(device)
+        x_t = schedule.add_noise(x0, noise, t)
+        with torch.no_grad():
+            target = guided_output(teacher, x_t, t, labels, guidance, teacher.null_label, guide)
+        loss = F.mse_loss(student(x_t, t, labels), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(student)
+        step += 1
+        loss_sum, seen = loss_sum + loss.item() * len(x0), seen + len(x0)
+        bar.update(1)
+        time_up = cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or time_up:
+            now = time.monotonic()
+            history.append({"step": step, "loss": loss_sum / seen, "seconds": now - last_log,
+                            "latents_per_s": seen / (now - last_log)})  # fmt: skip
+            loss_sum, seen, last_log = 0.0, 0, now
+            write_metrics(save_dir, history, CURVE_KEYS, x="step")
+            save()
+            if time_up:
+                break
+    bar.close()
+    if step < cfg.steps and cfg.progress:
+        tqdm.write(f"stopped at step {step} of {cfg.steps} (--max-minutes); continue with "
+                   "--resume")  # fmt: skip
+    return history[-1] if history else {"step": step}
