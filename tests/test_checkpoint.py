@@ -4,7 +4,7 @@ import torch
 from catdog import checkpoint
 from catdog.config import VAEConfig
 from catdog.errors import CatdogError
-from catdog.generate import SHIPPED_MODEL, decode_latents, sample_latents
+from catdog.generate import SHIPPED_TEACHER, decode_latents, sample_latents
 from catdog.models.vae import VAE
 
 TINY = VAEConfig(image_size=16, channels=(8, 16), latent_channels=2, norm_groups=4)
@@ -82,9 +82,9 @@ def test_missing_corrupt_truncated_and_wrong_kind(tmp_path):
 
 
 def test_loaded_networks_are_channels_last_and_draw_what_contiguous_ones_draw():
-    unet, schedule, record = checkpoint.load_diffusion(SHIPPED_MODEL)
-    vae, _ = checkpoint.find_vae(SHIPPED_MODEL, record)  # checks the VAE's hash: unchanged
-    guide, _ = checkpoint.find_guide(SHIPPED_MODEL, record)  # likewise the guide's
+    unet, schedule, record = checkpoint.load_diffusion(SHIPPED_TEACHER)
+    vae, _ = checkpoint.find_vae(SHIPPED_TEACHER, record)  # checks the VAE's hash: unchanged
+    guide, _ = checkpoint.find_guide(SHIPPED_TEACHER, record)  # likewise the guide's
     kernels = [m.weight for net in (unet, vae, guide) for m in net.modules()
                if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]  # fmt: skip
     assert kernels

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from catdog import checkpoint
-from catdog.generate import SHIPPED_MODEL
+from catdog.generate import SHIPPED_MODEL, SHIPPED_TEACHER
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -25,9 +25,18 @@ def test_shipped_weights_are_a_linked_fp16_pair_within_budget():
     total = sum(p.stat().st_size for p in SHIPPED_MODEL.parent.glob("*.safetensors"))
     assert total <= 50_000_000  # the issue's 50 MB
     assert {"train_config", "unet_config", "schedule_config", "latent_map"} <= set(record)
-    guide, link = checkpoint.find_guide(SHIPPED_MODEL, record)  # autoguidance by default
+    # The default is the teacher's autoguidance distilled: no guide, guidance 1, one pass.
+    assert checkpoint.find_guide(SHIPPED_MODEL, record) == (None, {"guidance": 1.0})
+    teacher_record = checkpoint.load(SHIPPED_TEACHER, checkpoint.KIND_DIFFUSION)
+    teacher, _, _ = checkpoint.load_diffusion(SHIPPED_TEACHER)
+    assert checkpoint.find_vae(SHIPPED_TEACHER, teacher_record)[1] == vae_path
+    guide, link = checkpoint.find_guide(SHIPPED_TEACHER, teacher_record)  # its autoguidance
     assert guide is not None and Path(link["file"]).parent == SHIPPED_MODEL.parent
-    assert checkpoint.resolve_guidance(None, link) == record["guide"]["guidance"]
+    assert checkpoint.resolve_guidance(None, link) == teacher_record["guide"]["guidance"]
+    distilled = record["distilled"]  # from the teacher and guide shipped beside it
+    assert distilled["teacher"]["sha256"] == checkpoint.content_hash(teacher.state_dict())
+    assert distilled["guide_sha256"] == checkpoint.content_hash(guide.state_dict())
+    assert distilled["guidance"] == link["guidance"]
 
 
 def test_the_default_presets_train_what_ships():
@@ -35,6 +44,7 @@ def test_the_default_presets_train_what_ships():
     training recipe; only run lengths and paths may differ (the model card gives those)."""
     from catdog.config import (
         DiffusionTrainConfig,
+        DistillConfig,
         VAEConfig,
         VAETrainConfig,
         diffusion_preset,
@@ -42,8 +52,8 @@ def test_the_default_presets_train_what_ships():
         vae_preset,
     )
 
-    record = checkpoint.load(SHIPPED_MODEL, checkpoint.KIND_DIFFUSION)
-    _, vae_path = checkpoint.find_vae(SHIPPED_MODEL, record)
+    record = checkpoint.load(SHIPPED_TEACHER, checkpoint.KIND_DIFFUSION)
+    _, vae_path = checkpoint.find_vae(SHIPPED_TEACHER, record)
     vae_record = checkpoint.load(vae_path, checkpoint.KIND_VAE)
     vae_default = vae_preset("cpu")
     assert from_dict(VAEConfig, vae_record["config"]) == vae_default.model
@@ -66,6 +76,14 @@ def test_the_default_presets_train_what_ships():
         "guide_guidance",
     ):
         assert getattr(diffusion_saved, key) == getattr(diffusion_default, key), key
+    # The distilled default: `catdog distill` with its defaults, from the shipped teacher.
+    student = checkpoint.load(SHIPPED_MODEL, checkpoint.KIND_DIFFUSION)
+    distill_saved = from_dict(DistillConfig, student["train_config"])
+    distill_default = DistillConfig()
+    for key in ("guidance", "generated", "generated_fraction", "steps", "batch_size", "lr",
+                "ema_decay", "grad_clip", "seed"):  # fmt: skip
+        assert getattr(distill_saved, key) == getattr(distill_default, key), key
+    assert student["distilled"]["steps"] == distill_default.steps
 
 
 def test_demo_writes_both_classes_gifs_and_the_denoising_path(tmp_path):
@@ -128,7 +146,7 @@ def test_the_probe_from_evaluate_sees_the_asked_for_class_in_shipped_samples(sha
     probe = fit_probe(cached_extract(net, train.images, cache, progress=False), train.labels)
     unet, schedule, record = checkpoint.load_diffusion(SHIPPED_MODEL)
     vae, _ = checkpoint.find_vae(SHIPPED_MODEL, record)
-    guide, link = checkpoint.find_guide(SHIPPED_MODEL, record)  # the default: autoguidance
+    guide, link = checkpoint.find_guide(SHIPPED_MODEL, record)  # the default: distilled
     labels = torch.tensor([0] * 16 + [1] * 16)
     z = sample_latents(unet, schedule, labels, list(range(100, 132)), sampler="dpmpp", steps=20,
                        guidance=checkpoint.resolve_guidance(None, link), guide=guide)  # fmt: skip

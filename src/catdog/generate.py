@@ -14,8 +14,12 @@ from .config import GenerateConfig
 from .diffusion import SAMPLERS, Callback, NoiseSchedule, per_sample_noise
 from .errors import CatdogError
 
-SHIPPED_MODEL = Path(__file__).resolve().parent / "weights" / "catdog_diffusion.safetensors"
-SHIPPED_SELECTOR = SHIPPED_MODEL.with_name("catdog_selector.safetensors")
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+# The default: the shipped model with its autoguidance distilled into it (catdog distill), one
+# UNet pass a sampling step. Its teacher, the model and its guide, ships beside it.
+SHIPPED_MODEL = WEIGHTS / "catdog_diffusion_distilled.safetensors"
+SHIPPED_TEACHER = WEIGHTS / "catdog_diffusion.safetensors"
+SHIPPED_SELECTOR = WEIGHTS / "catdog_selector.safetensors"
 
 
 def resolve_model_path(model_path: str | None) -> str:
