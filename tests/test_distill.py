@@ -160,3 +160,14 @@ def test_distill_generate_and_export_from_the_command_line(tiny_pair, tiny_guide
     assert shipped == ["catdog_diffusion_distilled.safetensors", "catdog_vae.safetensors"]
     record = checkpoint.load(tmp_path / "shipped" / shipped[0], checkpoint.KIND_DIFFUSION)
     assert record["distilled"]["guidance"] == 3.0
+
+
+def test_the_default_teacher_is_the_shipped_pair_not_the_distilled_default(tmp_path):
+    from catdog.generate import SHIPPED_TEACHER
+
+    distill(DistillConfig(generated=2, generated_fraction=1.0, steps=1, batch_size=2,
+                          save_dir=str(tmp_path), device="cpu", progress=False))  # fmt: skip
+    record = checkpoint.load(tmp_path / FINAL, checkpoint.KIND_DIFFUSION)
+    teacher, _, teacher_record = checkpoint.load_diffusion(SHIPPED_TEACHER)
+    assert record["distilled"]["teacher"]["sha256"] == checkpoint.content_hash(teacher.state_dict())
+    assert record["distilled"]["guidance"] == teacher_record["guide"]["guidance"]

@@ -941,7 +941,7 @@ def add_distill_args(parser: argparse.ArgumentParser) -> None:
 
     d = DistillConfig()
     _flag(parser, "model-path", help="the teacher: a diffusion checkpoint (default: the shipped "
-          "weights)")  # fmt: skip
+          "pair, catdog_diffusion.safetensors with its guide)")  # fmt: skip
     _flag(parser, "guide-path", help=GUIDE_HELP)
     _flag(parser, "vae-path", help="VAE checkpoint (default: the one recorded with the teacher)")
     _flag(parser, "guidance", type=float, help=GUIDANCE_HELP + "; the student's built-in scale")
@@ -993,14 +993,13 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
     from . import checkpoint
     from .config import DistillConfig, from_dict, merge, to_dict
-    from .distill import FINAL, distill
-    from .generate import resolve_model_path
+    from .distill import FINAL, distill, teacher_path
 
     given = distill_overrides(args)
     cfg = from_dict(DistillConfig, merge(to_dict(DistillConfig()), given))
     if not given["data"] and not args.resume:  # the photos the teacher was trained on
         try:
-            teacher = checkpoint.load(resolve_model_path(cfg.model_path), checkpoint.KIND_DIFFUSION)
+            teacher = checkpoint.load(teacher_path(cfg), checkpoint.KIND_DIFFUSION)
             recorded = teacher["train_config"]["data"]
             if Path(recorded["data_dir"]).is_dir():
                 cfg.data = from_dict(type(cfg.data), {**to_dict(cfg.data), **recorded})

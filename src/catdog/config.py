@@ -306,7 +306,7 @@ class DistillConfig:
     copy of a trained model, learns the guided output of the model and its guide, so sampling
     needs one UNet pass a step instead of two."""
 
-    model_path: str | None = None  # the teacher; None: the weights shipped with the package
+    model_path: str | None = None  # the teacher; None: the pair shipped with the package
     guide_path: str | None = None  # None: the teacher's recorded guide; "none": classifier-free
     vae_path: str | None = None  # default: the VAE recorded in the teacher's checkpoint
     guidance: float | None = None  # None: the scale the teacher's guide was tuned for

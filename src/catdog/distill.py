@@ -33,7 +33,7 @@ from .diffusion import guided_output
 from .distributed import optimizer_to, select_device
 from .ema import EMA
 from .errors import CatdogError
-from .generate import check_scales, resolve_model_path, sample_latents
+from .generate import SHIPPED_TEACHER, check_scales, resolve_model_path, sample_latents
 from .runs import prepare_run, write_metrics
 from .train_vae import encode_training_set
 
@@ -64,10 +64,18 @@ def check(cfg: DistillConfig) -> None:
     check_scales(guidance=cfg.guidance)
 
 
+def teacher_path(cfg: DistillConfig) -> str:
+    """The teacher's checkpoint: ``cfg.model_path``, else the shipped pair (not the shipped
+    default, which is distilled already)."""
+    if cfg.model_path is not None:
+        return cfg.model_path
+    return resolve_model_path(str(SHIPPED_TEACHER) if SHIPPED_TEACHER.is_file() else None)
+
+
 def teacher_of(cfg: DistillConfig) -> tuple[Any, ...]:
     """The teacher (the model, its schedule and record), its VAE and path, its guide and the
     guidance scale, each checked as generation checks them."""
-    model_path = resolve_model_path(cfg.model_path)
+    model_path = teacher_path(cfg)
     teacher, schedule, record = checkpoint.load_diffusion(model_path)
     if record.get("distilled"):
         raise CatdogError(f"{model_path} is already guidance-distilled; distil its teacher")
