@@ -66,6 +66,10 @@ def test_the_student_learns_the_guided_output_and_samples_it_in_one_pass(
     assert np.array_equal(got, expected)
     with pytest.raises(CatdogError, match="distilled into it and takes no guide"):
         checkpoint.find_guide(student_path, student_record, str(tiny_guide))
+    with pytest.raises(CatdogError, match="has its guidance distilled into it; use a model"):
+        generate(GenerateConfig(model_path=str(student_path), output=str(tmp_path / "c"),
+                                class_guidance=3.0, progress=False))  # fmt: skip
+    assert not (tmp_path / "c").exists()
     with pytest.raises(CatdogError, match="already guidance-distilled"):
         distill(distill_cfg(student_path, tiny_guide, tiny_data, tmp_path / "again"))
 

@@ -173,7 +173,7 @@ def _load_model(cfg: EvaluateConfig) -> tuple[Any, ...]:
     vae, vae_path = checkpoint.find_vae(cfg.model_path, record, cfg.vae_path)
     guide, link = checkpoint.find_guide(cfg.model_path, record, cfg.guide_path)
     cfg.guidance = checkpoint.resolve_guidance(cfg.guidance, link)
-    check_class_guidance(cfg.class_guidance, guide)
+    check_class_guidance(cfg.class_guidance, guide, record)
     class_selector = load_selector(cfg.select, cfg.selector_path, cfg.vgg_weights)
     return unet, schedule, vae, vae_path, guide, class_selector, record
 

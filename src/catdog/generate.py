@@ -146,8 +146,16 @@ def check_seed(seed: int, count: int, select: int = 1) -> None:
         )
 
 
-def check_class_guidance(class_guidance: float, guide: torch.nn.Module | None) -> None:
-    """``class_guidance`` adds to autoguidance; without a guide it has nothing to add to."""
+def check_class_guidance(
+    class_guidance: float, guide: torch.nn.Module | None, record: dict | None = None
+) -> None:
+    """``class_guidance`` adds to autoguidance; without a guide it has nothing to add to.
+    ``record``: the model's checkpoint, to name a guidance-distilled model as such."""
+    if class_guidance != 1.0 and (record or {}).get("distilled"):
+        raise CatdogError(
+            "--class-guidance adds to autoguidance, and this model has its guidance distilled "
+            f"into it; use a model with its guide, e.g. the shipped pair ({SHIPPED_TEACHER})"
+        )
     if class_guidance != 1.0 and guide is None:
         raise CatdogError(
             "--class-guidance adds a classifier-free term to autoguidance, and this model has "
@@ -199,7 +207,7 @@ def generate(cfg: GenerateConfig) -> list[Path]:
     vae, _ = checkpoint.find_vae(model_path, record, cfg.vae_path)
     guide, link = checkpoint.find_guide(model_path, record, cfg.guide_path)
     guidance = checkpoint.resolve_guidance(cfg.guidance, link)
-    check_class_guidance(cfg.class_guidance, guide)
+    check_class_guidance(cfg.class_guidance, guide, record)
     class_selector = load_selector(cfg.select, cfg.selector_path, cfg.vgg_weights)
     output = Path(cfg.output)
     checkpoint.check_writable(output)
