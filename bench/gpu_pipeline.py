@@ -3,7 +3,9 @@
 Some development sessions are lent a GPU for a few minutes (an H200 here) on a machine with no
 network and no copy of ../shared. This script is what such a session runs: one command that
 smoke-tests CUDA and bf16, trains both stages and the decoder fine-tune with the `gpu` presets,
-exports fp16 weights, and records how long every stage took. Three steps:
+exports fp16 weights, distils the exported pair's autoguidance into one network (`catdog
+distill`, what the shipped default is) when the deadline leaves time, and records how long every
+stage took. Three steps:
 
     # 1. here, no GPU needed: the training photos (48 px), the held-out subset the runs score
     #    themselves on, and the VGG16 weights in fp16, into an ignored folder (about 37 MB)
@@ -16,6 +18,8 @@ exports fp16 weights, and records how long every stage took. Three steps:
     # 3. here, with the files that came back: append the record, then score the weights
     python bench/gpu_pipeline.py record DIR_OF_OUT
     python bench/bench_quality.py --model-path DIR_OF_OUT/weights/catdog_diffusion.safetensors ...
+    python bench/bench_quality.py --model-path \
+        DIR_OF_OUT/weights/catdog_diffusion_distilled.safetensors ...
 
 `run` trains through the project's own CLI (`main.py`, `python -m catdog`), each stage in its
 own process, and fits each stage into its minutes by measurement rather than by guessing the
@@ -28,8 +32,10 @@ stage also has a hard `--max-minutes` cap, and no stage may start or run past th
 skipped when time is short. The smoke test's failure is recorded, not fatal: training does not
 depend on it.
 Only small files come back (the device returns at most 8): `timings.json` (rewritten after
-every stage, so a killed run still reports), `log.txt`, the three exported weight files, and
-`runs.tar.gz` with each run's config, metrics, loss curves and last sample pictures.
+every stage, so a killed run still reports), `log.txt`, the exported weight files (the VAE, the
+diffusion model and its guide, and the distilled student when it was made), and `runs.tar.gz`
+with each run's config, metrics, loss curves and last sample pictures. The distillation and the
+sample grids are optional: a failure or a lack of time there is recorded, and the pair stands.
 
 `run --smoke` does the same with the tiny presets on the CPU, in about a minute: it is how the
 tests check this script without a GPU.
@@ -139,8 +145,9 @@ class Pipeline:
         seconds for the stages after it (start-up and final evaluation come on top of it)."""
         return f"{max(0.05, min(minutes, (self.left() - reserve) / 60)):.3f}"
 
-    def stage(self, name: str, argv: list[str]) -> float:
-        """Run one CLI command, its output appended to the log; its wall time, recorded."""
+    def stage(self, name: str, argv: list[str], required: bool = True) -> float | None:
+        """Run one CLI command, its output appended to the log; its wall time, recorded. A
+        failed stage stops the run, unless it is not ``required`` (then: None)."""
         if self.left() <= 0:
             raise SystemExit(f"{name} not started: the run's deadline has passed")
         start = time.monotonic()
@@ -159,6 +166,8 @@ class Pipeline:
         self.save()
         print(f"{name}: {seconds:.1f} s, exit {code}", flush=True)
         if code != 0:
+            if not required:
+                return None
             raise SystemExit(f"{name} failed (exit {code}); see {self.log}")
         return seconds
 
@@ -311,29 +320,57 @@ def run(args: argparse.Namespace) -> None:
         "-m", "catdog", "export", "--model-path", str(diff_dir / "conditional_diffusion_final.pt"),
         "--output", str(weights), "--data-dir", str(data), "--vae-path", str(decoder),
     ])  # fmt: skip
-    p.timings["weights_mib"] = {
-        f.name: round(f.stat().st_size / 2**20, 2) for f in sorted(weights.glob("*.safetensors"))
-    }
-    pack_runs(out, (vae_dir, dec_dir, diff_dir), work)  # before the grids: they are optional
+    p.timings["weights_mib"] = weight_sizes(weights)
+    runs = (vae_dir, dec_dir, diff_dir)
+    pack_runs(out, runs, work)  # before the optional stages
     p.save()
+    # Optional from here: the exported pair is the result; the distilled student (one UNet pass
+    # a sampling step instead of two) and the sample grids come when there is time left.
+    shipped = weights / "catdog_diffusion.safetensors"
+    distill_dir = work / "distilled"
+    if args.distill_minutes <= 0:
+        p.timings["stages"]["distill"] = {"skipped": "--distill-minutes 0"}
+    elif p.left() < 90 + 30 * args.distill_minutes:
+        p.timings["stages"]["distill"] = {"skipped": "too close to the deadline"}
+    else:
+        sizes = ["--steps", "6", "--generated", "16", "--batch-size", "16",
+                 "--checkpoint-every", "3"] if args.smoke else ["--steps", "100000"]  # fmt: skip
+        # The teacher is the exported pair, as when distilling the shipped weights here.
+        done = p.stage("distill", [
+            "-m", "catdog", "distill", "--model-path", str(shipped), "--data-dir", str(data),
+            "--save-dir", str(distill_dir), *sizes, "--max-minutes",
+            p.cap(args.distill_minutes, 75), "--device", device, *quiet,
+        ], required=False)  # fmt: skip
+        if done is not None:
+            p.timings["stages"]["distill"].update(distill_summary(distill_dir))
+            runs = (vae_dir, dec_dir, distill_dir, diff_dir)
+            if p.stage("export_distilled", [
+                "-m", "catdog", "export", "--model-path",
+                str(distill_dir / "conditional_diffusion_distilled.pt"), "--output", str(weights),
+                "--data-dir", str(data),
+            ], required=False) is not None:  # fmt: skip
+                shipped = weights / "catdog_diffusion_distilled.safetensors"
+                p.timings["weights_mib"] = weight_sizes(weights)
+        pack_runs(out, runs, work)
+        p.save()
     for name in CLASSES:
         if p.left() < 45:
             p.timings["stages"][f"generate_{name}"] = {"skipped": "too close to the deadline"}
             continue
         p.stage(f"generate_{name}", [
-            "-m", "catdog", "generate", "--model-path",
-            str(weights / "catdog_diffusion.safetensors"), "--class-name", name,
+            "-m", "catdog", "generate", "--model-path", str(shipped), "--class-name", name,
             "--num-samples", "8" if args.smoke else "64", "--output",
             str(work / "samples" / name), "--no-progress",
         ])  # fmt: skip
-    pack_runs(out, (vae_dir, dec_dir, diff_dir), work)
+    pack_runs(out, runs, work)
     p.save()
     print(json.dumps(p.timings, indent=1))
 
 
 def pack_runs(out: Path, runs: tuple[Path, ...], work: Path) -> None:
-    """runs.tar.gz: each run's config, metrics and loss curves, the last training samples,
-    and the sample grids made so far (written atomically)."""
+    """runs.tar.gz: each run's config, metrics and loss curves, the last training samples of
+    the last run (the diffusion model's), and the sample grids made so far (written
+    atomically)."""
     tmp = out / "runs.tar.gz.tmp"
     with tarfile.open(tmp, "w:gz") as tar:
         for run_dir in runs:
@@ -354,6 +391,22 @@ def summary(run: Path, speed_key: str) -> dict:
         "epochs": history[-1]["epoch"],
         speed_key: round(float(np.median([r[speed_key] for r in history])), 1),
         "training_seconds": round(sum(r["epoch_seconds"] for r in history), 1),
+    }
+
+
+def weight_sizes(weights: Path) -> dict[str, float]:
+    """Each exported file's size in MiB."""
+    files = sorted(weights.glob("*.safetensors"))
+    return {f.name: round(f.stat().st_size / 2**20, 2) for f in files}
+
+
+def distill_summary(run: Path) -> dict:
+    """The steps a distillation reached and its median throughput, from its metrics."""
+    history = metrics(run)
+    return {
+        "steps": history[-1]["step"],
+        "latents_per_s": round(float(np.median([r["latents_per_s"] for r in history])), 1),
+        "training_seconds": round(sum(r["seconds"] for r in history), 1),
     }
 
 
@@ -382,6 +435,9 @@ def main() -> None:
     p.add_argument("--vae-minutes", type=float, default=2.5)
     p.add_argument("--decoder-minutes", type=float, default=0.5)
     p.add_argument("--diffusion-minutes", type=float, default=2.2)
+    p.add_argument("--distill-minutes", type=float, default=0.8,
+                   help="guidance distillation of the exported pair, when the deadline leaves "
+                   "time (0: none)")  # fmt: skip
     p.add_argument("--deadline-minutes", type=float, default=9.0,
                    help="no stage starts or runs past this (default: 9)")  # fmt: skip
     p.add_argument("--smoke", action="store_true", help="tiny presets on the CPU (for tests)")

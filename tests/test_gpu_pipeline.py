@@ -36,7 +36,8 @@ def test_pack_then_smoke_run_trains_exports_and_reports_within_the_device_limits
     timings = json.loads((out / "timings.json").read_text())
     stages = timings["stages"]
     for name in ("vae_calibrate", "vae", "decoder", "diffusion_constant", "diffusion_cooldown",
-                 "export", "generate_cat", "generate_dog"):  # fmt: skip
+                 "export", "distill", "export_distilled", "generate_cat",
+                 "generate_dog"):  # fmt: skip
         assert stages[name]["exit"] == 0 and stages[name]["seconds"] > 0
     assert stages["vae"]["epochs"] > 2  # resumed past the two calibration epochs
     assert stages["diffusion_cooldown"]["epochs"] > stages["diffusion_constant"]["epochs"]
@@ -47,11 +48,22 @@ def test_pack_then_smoke_run_trains_exports_and_reports_within_the_device_limits
     unet, _, record = checkpoint.load_diffusion(out / "weights/catdog_diffusion.safetensors")
     vae, _ = checkpoint.find_vae(out / "weights/catdog_diffusion.safetensors", record)
     assert vae.cfg.image_size == 16
+    # The distilled student: the exported pair as its teacher, its own VAE the exported one.
+    student_file = out / "weights/catdog_diffusion_distilled.safetensors"
+    _, _, student = checkpoint.load_diffusion(student_file)
+    assert student["distilled"]["teacher"]["sha256"] == checkpoint.content_hash(unet.state_dict())
+    assert student["distilled"]["steps"] == stages["distill"]["steps"] == 6
+    assert checkpoint.find_vae(student_file, student)[1] == out / "weights/catdog_vae.safetensors"
+    generate_lines = [line for line in (out / "log.txt").read_text().splitlines()
+                      if line.startswith("### generate_")]  # fmt: skip
+    assert len(generate_lines) == 2  # the grids come from the student
+    assert all(str(student_file) in line for line in generate_lines)
     with tarfile.open(out / "runs.tar.gz") as tar:
         names = tar.getnames()
         lines = tar.extractfile("diffusion/metrics.jsonl").read().decode().splitlines()
     history = [json.loads(line) for line in lines]
     assert {"samples/cat_cat_grid.png", "samples/dog_dog_grid.png"} <= set(names)
+    assert "distilled/metrics.jsonl" in names
     with tarfile.open(out / "runs.tar.gz") as tar:
         config = json.load(tar.extractfile("diffusion/config.json"))
     # Whether the cooldown also ends inside its minutes depends on the machine's speed (a timing
