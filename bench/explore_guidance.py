@@ -23,6 +23,12 @@ Variants (m = the model, g = the guide, c = the class, 0 = the null label):
   draw nearer the mode; measured in docs/design.md, "Ranking by realism, and a lower
   temperature").
 
+``--member PATH`` (repeatable) makes m and g ensembles: the weighted mean of the model's and
+each member's outputs, every member with its own recorded guide (``--weights``, default
+equal). All members share the schedule and the VAE's latent space (checked). Every variant is
+then applied to the ensemble; for the linear ones (``ag``, ``cfg``, ...) that is the weighted
+mean of each member's own guided output.
+
 A one-off script (run from the repository root); results in bench/results/guidance_explore.jsonl.
 
     python bench/explore_guidance.py "ag 3" "agnull 3" "agcfg 3 1.5" "ag 4 @100-800"
@@ -50,11 +56,40 @@ p.add_argument("--guide-path", default=None)
 p.add_argument("--vae-path", default=None)
 p.add_argument("--num-per-class", type=int, default=100)
 p.add_argument("--label", default="shipped weights")
+p.add_argument("--member", action="append", default=[],
+               help="another model to average with the model (repeatable)")  # fmt: skip
+p.add_argument(
+    "--weights",
+    default=None,
+    help="ensemble weights, comma-separated, the model's first (default: equal)",
+)
 a = p.parse_args()
 
 unet, schedule, record = checkpoint.load_diffusion(a.model_path)
-vae, _ = checkpoint.find_vae(a.model_path, record, a.vae_path)
-guide, _ = checkpoint.find_guide(a.model_path, record, a.guide_path)
+vae, vae_path = checkpoint.find_vae(a.model_path, record, a.vae_path)
+members = [(unet, checkpoint.find_guide(a.model_path, record, a.guide_path)[0])]
+for path in a.member:
+    member, member_schedule, member_record = checkpoint.load_diffusion(path)
+    if member_schedule.cfg != schedule.cfg:
+        sys.exit(f"{path} has another noise schedule")
+    checkpoint.find_vae(path, member_record, str(vae_path))  # refuses another latent space
+    members.append((member, checkpoint.find_guide(path, member_record)[0]))
+equal = ",".join([str(1 / len(members))] * len(members))
+weights = [float(v) for v in (a.weights or equal).split(",")]
+if len(weights) != len(members) or abs(sum(weights) - 1) > 1e-6:
+    sys.exit(f"--weights needs {len(members)} values summing to 1")
+
+
+def ensemble(nets: list) -> object:
+    """The weighted mean of ``nets``' outputs (the one net itself when there is one)."""
+    if len(nets) == 1:
+        return nets[0]
+    if any(net is None for net in nets):
+        return None
+    return lambda x, t, c: sum(w * net(x, t, c) for w, net in zip(weights, nets, strict=True))
+
+
+model_fn, guide = ensemble([m for m, _ in members]), ensemble([g for _, g in members])
 if any(v.split()[0] in ("apg", "agrs") for v in a.variants) and schedule.cfg.objective != "v":
     sys.exit("apg and agrs are written for the v objective")
 scorer = SeedScorer(vae, a.num_per_class)
@@ -63,7 +98,7 @@ null = unet.null_label
 
 def denoiser(kind: str, w: list[float], lo: int, hi: int):
     def fn(x, t, c):
-        m = unet(x, t, c)
+        m = model_fn(x, t, c)
         inside = (t >= lo) & (t <= hi)
         if not bool(inside.any()):
             return m
@@ -75,7 +110,7 @@ def denoiser(kind: str, w: list[float], lo: int, hi: int):
             out = m + (w[0] - 1) * (m - guide(x, t, torch.full_like(c, null)))
         elif kind == "agcfg":
             out = m + (w[0] - 1) * (m - guide(x, t, c))
-            out = out + (w[1] - 1) * (m - unet(x, t, torch.full_like(c, null)))
+            out = out + (w[1] - 1) * (m - model_fn(x, t, torch.full_like(c, null)))
         elif kind in ("apg", "agrs"):
             a, s = schedule._coeffs(t)  # x0 = a x_t - s v (v-objective)
             x0_m = a * x - s * m
@@ -90,7 +125,7 @@ def denoiser(kind: str, w: list[float], lo: int, hi: int):
                 x0 = w[1] * x0 * std(x0_m) / std(x0) + (1 - w[1]) * x0
             out = (a * x - x0) / s
         elif kind == "cfg":
-            out = m + (w[0] - 1) * (m - unet(x, t, torch.full_like(c, null)))
+            out = m + (w[0] - 1) * (m - model_fn(x, t, torch.full_like(c, null)))
         else:
             raise ValueError(kind)
         return torch.where(inside[:, None, None, None], out, m)
@@ -120,6 +155,7 @@ for variant in a.variants:
         "label": a.label,
         "variant": variant,
         "num_per_class": a.num_per_class,
+        **({"members": [a.model_path, *a.member], "weights": weights} if a.member else {}),
         **{k: v for k, v in scores.items() if k != "sampling_seconds"},
         "seconds": round(time.monotonic() - start, 1),
     }
