@@ -147,11 +147,11 @@ def check_seed(seed: int, count: int, select: int = 1) -> None:
 
 
 def check_class_guidance(
-    class_guidance: float, guide: torch.nn.Module | None, record: dict | None = None
+    class_guidance: float, guide: torch.nn.Module | None, record: dict
 ) -> None:
     """``class_guidance`` adds to autoguidance; without a guide it has nothing to add to.
     ``record``: the model's checkpoint, to name a guidance-distilled model as such."""
-    if class_guidance != 1.0 and (record or {}).get("distilled"):
+    if class_guidance != 1.0 and record.get("distilled"):
         raise CatdogError(
             "--class-guidance adds to autoguidance, and this model has its guidance distilled "
             f"into it; use a model with its guide, e.g. the shipped pair ({SHIPPED_TEACHER})"
