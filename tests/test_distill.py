@@ -175,3 +175,12 @@ def test_the_default_teacher_is_the_shipped_pair_not_the_distilled_default(tmp_p
     teacher, _, teacher_record = checkpoint.load_diffusion(SHIPPED_TEACHER)
     assert record["distilled"]["teacher"]["sha256"] == checkpoint.content_hash(teacher.state_dict())
     assert record["distilled"]["guidance"] == teacher_record["guide"]["guidance"]
+
+
+def test_no_teacher_given_and_no_shipped_pair_is_a_clear_error(monkeypatch, tmp_path):
+    import catdog.distill
+
+    monkeypatch.setattr(catdog.distill, "SHIPPED_TEACHER", tmp_path / "missing.safetensors")
+    with pytest.raises(CatdogError, match="no --model-path given and no shipped teacher at"):
+        distill(DistillConfig(save_dir=str(tmp_path / "run"), device="cpu", progress=False))
+    assert not (tmp_path / "run").exists()

@@ -33,7 +33,7 @@ from .diffusion import guided_output
 from .distributed import optimizer_to, select_device
 from .ema import EMA
 from .errors import CatdogError
-from .generate import SHIPPED_TEACHER, check_scales, resolve_model_path, sample_latents
+from .generate import SHIPPED_TEACHER, check_scales, sample_latents
 from .runs import prepare_run, write_metrics
 from .train_vae import encode_training_set
 
@@ -69,7 +69,12 @@ def teacher_path(cfg: DistillConfig) -> str:
     default, which is distilled already)."""
     if cfg.model_path is not None:
         return cfg.model_path
-    return resolve_model_path(str(SHIPPED_TEACHER) if SHIPPED_TEACHER.is_file() else None)
+    if not SHIPPED_TEACHER.is_file():
+        raise CatdogError(
+            f"no --model-path given and no shipped teacher at {SHIPPED_TEACHER}; pass the "
+            "diffusion checkpoint to distil (a model trained with a guide)"
+        )
+    return str(SHIPPED_TEACHER)
 
 
 def teacher_of(cfg: DistillConfig) -> tuple[Any, ...]:
