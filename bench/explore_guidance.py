@@ -48,6 +48,7 @@ from scoring import Guided, SeedScorer  # noqa: E402
 
 from catdog import checkpoint  # noqa: E402
 from catdog import generate as generate_module  # noqa: E402
+from catdog.models.ensemble import Ensemble  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("variants", nargs="+")
@@ -86,7 +87,7 @@ def ensemble(nets: list) -> object:
         return nets[0]
     if any(net is None for net in nets):
         return None
-    return lambda x, t, c: sum(w * net(x, t, c) for w, net in zip(weights, nets, strict=True))
+    return Ensemble(nets, weights)
 
 
 model_fn, guide = ensemble([m for m, _ in members]), ensemble([g for _, g in members])

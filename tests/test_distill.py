@@ -144,7 +144,7 @@ def test_distill_generate_and_export_from_the_command_line(tiny_pair, tiny_guide
     assert done.returncode == 0, done.stderr
     assert "the data the teacher was trained on" in done.stderr  # tiny_pair's recorded folder
     student = run / FINAL
-    gen, with_guide, again, export = run_cli_batch(
+    gen, with_guide, again, export, weights = run_cli_batch(
         ("generate.py", "--model_path", str(student), "--num_samples", "2", "--steps", "3",
          "--output", str(tmp_path / "g")),
         ("generate.py", "--model_path", str(student), "--guide_path", str(tiny_guide),
@@ -153,7 +153,11 @@ def test_distill_generate_and_export_from_the_command_line(tiny_pair, tiny_guide
          str(tiny_guide), "--save-dir", str(run)),
         ("-m", "catdog", "export", "--model-path", str(student), "--output",
          str(tmp_path / "shipped"), "--data-dir", str(tiny_data)),
+        ("-m", "catdog", "distill", "--model-path", str(tiny_pair), "--member", str(tiny_pair),
+         "--member-weights", "half,half", "--save-dir", str(tmp_path / "w")),
     )  # fmt: skip
+    assert_one_line_error(weights, "--member-weights must be numbers separated by commas")
+    assert not (tmp_path / "w").exists()
     assert gen.returncode == 0, gen.stderr
     assert len(list((tmp_path / "g").glob("cat_0*.png"))) == 2
     assert_one_line_error(with_guide, "takes no guide")
@@ -184,3 +188,110 @@ def test_no_teacher_given_and_no_shipped_pair_is_a_clear_error(monkeypatch, tmp_
     with pytest.raises(CatdogError, match="no --model-path given and no shipped teacher at"):
         distill(DistillConfig(save_dir=str(tmp_path / "run"), device="cpu", progress=False))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_member(tiny_data, tiny_vae, tiny_guide, tmp_path_factory):
+    """A second tiny model on the same VAE (another seed), with ``tiny_guide`` as its recorded
+    guide: an ensemble member."""
+    from catdog.train_diffusion import FINAL as DIFFUSION_FINAL
+    from catdog.train_diffusion import train
+    from tests.conftest import resave, tiny_diffusion_cfg
+
+    save_dir = tmp_path_factory.mktemp("member_run")
+    train(tiny_diffusion_cfg(tiny_data, tiny_vae, save_dir, epochs=2, seed=3))
+    record = checkpoint.load(save_dir / DIFFUSION_FINAL, checkpoint.KIND_DIFFUSION)
+    guide = checkpoint.load(tiny_guide, checkpoint.KIND_DIFFUSION)
+    record["guide"] = {"path": str(tiny_guide), "sha256": checkpoint.content_hash(
+        checkpoint.load_diffusion(tiny_guide)[0].state_dict()), "guidance": 3.0}  # fmt: skip
+    assert guide["vae"] == record["vae"]
+    resave(save_dir / DIFFUSION_FINAL, checkpoint.KIND_DIFFUSION, record)
+    return save_dir / DIFFUSION_FINAL
+
+
+def test_an_ensemble_teacher_is_distilled_into_one_student(
+    tiny_pair, tiny_guide, tiny_member, tiny_data, tmp_path
+):
+    import shutil
+
+    from catdog.models.ensemble import Ensemble
+    from tests.conftest import resave
+
+    run, copy = tmp_path / "run", tmp_path / "member.pt"
+    shutil.copy(tiny_member, copy)
+    distill(distill_cfg(tiny_pair, tiny_guide, tiny_data, run, members=(str(copy),),
+                        member_weights=(0.25, 0.75)))  # fmt: skip
+    teacher, schedule, _ = checkpoint.load_diffusion(tiny_pair)
+    guide, _, _ = checkpoint.load_diffusion(tiny_guide)
+    member, _, _ = checkpoint.load_diffusion(tiny_member)
+    student, _, record = checkpoint.load_diffusion(run / FINAL)
+    both = Ensemble([teacher, member], [0.25, 0.75])
+    guides = Ensemble([guide, guide], [0.25, 0.75])
+    # The ensemble's target is the weighted mean of the members' own guided outputs ...
+    x, t, labels = torch.randn(4, *teacher_shape(teacher)), torch.tensor([1, 300, 600, 1000]), \
+        torch.tensor([0, 1, 2, 0])  # fmt: skip
+    with torch.no_grad():
+        mean = sum(w * guided_output(m, x, t, labels, 3.0, teacher.null_label, guide)
+                   for w, m in ((0.25, teacher), (0.75, member)))  # fmt: skip
+        assert torch.allclose(guided_output(both, x, t, labels, 3.0, teacher.null_label, guides),
+                              mean, atol=1e-5)  # fmt: skip
+    # ... and the student learns it, not the first teacher's alone.
+    before = ensemble_error(teacher, both, guides, schedule)
+    after = ensemble_error(student, both, guides, schedule)
+    assert after < 0.7 * before, (before, after)
+    distilled = record["distilled"]
+    assert distilled["weights"] == [0.25, 0.75]
+    assert distilled["members"][0]["sha256"] == checkpoint.content_hash(member.state_dict())
+    assert distilled["members"][0]["guide_sha256"] == checkpoint.content_hash(guide.state_dict())
+    assert distilled["teacher"]["sha256"] == checkpoint.content_hash(teacher.state_dict())
+    # A resumed run needs the same members, not just the same paths.
+    changed = checkpoint.load(copy, checkpoint.KIND_DIFFUSION)
+    changed["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v
+                             for k, v in changed["state_dict"].items()}  # fmt: skip
+    resave(copy, checkpoint.KIND_DIFFUSION, changed)
+    with pytest.raises(CatdogError, match="--member models are not the ones this distillation"):
+        distill(distill_cfg(tiny_pair, tiny_guide, tiny_data, run, steps=60, members=(str(copy),),
+                            member_weights=(0.25, 0.75)),
+                resume=True, given={"steps": 60})  # fmt: skip
+
+
+def ensemble_error(model, teacher, guide, schedule, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, *teacher_shape(teacher.members[0]), generator=generator)
+    t = torch.randint(1, schedule.num_timesteps + 1, (64,), generator=generator)
+    labels = torch.randint(0, 3, (64,), generator=generator)
+    with torch.no_grad():
+        target = guided_output(teacher, x, t, labels, 3.0, teacher.null_label, guide)
+        return float(((model(x, t, labels) - target) ** 2).mean())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"member_weights": (0.5, 0.5)}, "--member-weights needs 1 values"),
+        ({"members": ("M",), "member_weights": (0.5, 0.6)}, "numbers >= 0 summing to 1"),
+        ({"members": ("M",), "member_weights": (1.5, -0.5)}, "numbers >= 0 summing to 1"),
+    ],
+)
+def test_bad_ensemble_weights_are_refused(tiny_pair, tiny_guide, tiny_data, tmp_path, overrides,
+                                          message):  # fmt: skip
+    with pytest.raises(CatdogError, match=re.escape(message)):
+        distill(distill_cfg(tiny_pair, tiny_guide, tiny_data, tmp_path / "x", **overrides))
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_members_are_refused_before_anything_is_written(
+    tiny_pair, tiny_guide, tiny_data, tmp_path
+):
+    student = tmp_path / "student"
+    distill(distill_cfg(tiny_pair, tiny_guide, tiny_data, student, steps=1))
+    cases = [
+        (str(tiny_guide), "has no recorded guide"),  # tiny_guide links no guide of its own
+        (str(student / FINAL), "is guidance-distilled"),
+        (str(tmp_path / "missing.pt"), "not found"),
+    ]
+    for member, message in cases:
+        with pytest.raises(CatdogError, match=message):
+            distill(distill_cfg(tiny_pair, tiny_guide, tiny_data, tmp_path / "x",
+                                members=(member,)))  # fmt: skip
+        assert not (tmp_path / "x").exists()

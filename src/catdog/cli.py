@@ -945,6 +945,11 @@ def add_distill_args(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "guide-path", help=GUIDE_HELP)
     _flag(parser, "vae-path", help="VAE checkpoint (default: the one recorded with the teacher)")
     _flag(parser, "guidance", type=float, help=GUIDANCE_HELP + "; the student's built-in scale")
+    _flag(parser, "member", action="append", help="another trained model to average with the "
+          "teacher, with its own recorded guide (repeatable): the student learns the "
+          "ensemble")  # fmt: skip
+    _flag(parser, "member-weights", help="the ensemble's weights, comma-separated, the "
+          "teacher's first, summing to 1 (default: equal)")  # fmt: skip
     _flag(parser, "data-dir", help="the training photos (default: the teacher's training data)")
     _flag(parser, "dataset", choices=["auto", "stl10", "folder"], help="data source (default: "
           "the teacher's)")  # fmt: skip
@@ -984,6 +989,14 @@ def distill_overrides(args: argparse.Namespace) -> dict[str, Any]:
     o: dict[str, Any] = {k: getattr(args, k) for k in DISTILL_KEYS if getattr(args, k) is not None}
     o["data"] = {k: getattr(args, k) for k in ("data_dir", "dataset", "train_split")
                  if getattr(args, k) is not None}  # fmt: skip
+    if args.member is not None:
+        o["members"] = args.member
+    if args.member_weights is not None:
+        try:
+            o["member_weights"] = [float(w) for w in args.member_weights.split(",")]
+        except ValueError:
+            raise CatdogError(f"--member-weights must be numbers separated by commas, got "
+                              f"{args.member_weights!r}") from None  # fmt: skip
     o["progress"] = not args.no_progress
     return o
 

@@ -311,6 +311,11 @@ class DistillConfig:
     vae_path: str | None = None  # default: the VAE recorded in the teacher's checkpoint
     guidance: float | None = None  # None: the scale the teacher's guide was tuned for
     data: DataConfig = field(default_factory=DataConfig)  # the training photos (and mirrors)
+    # Other trained models (diffusion checkpoints on the same latent and schedule) whose guided
+    # outputs, each with its own recorded guide at the same scale, are averaged with the
+    # teacher's: the student learns the ensemble (docs/design.md, "Two models averaged").
+    members: tuple[str, ...] = ()
+    member_weights: tuple[float, ...] = ()  # the teacher's first; empty: equal
     # Latents sampled once by the guided teacher (DPM-Solver++ 20 steps): the student also
     # learns where sampling goes, off the photos' latents. Seeds from 2**31 up, away from the
     # seeds that generate and evaluate use.

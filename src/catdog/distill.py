@@ -13,11 +13,16 @@ The inputs the student learns at are noised latents of two kinds: the training p
 their mirrors as the VAE encodes them (posterior means), and a pool of latents the guided
 teacher samples once (``cfg.generated``), because sampling passes through the guided
 trajectories, off the photos' latents.
+
+With ``cfg.members`` the teacher is an ensemble: the weighted mean of the teacher's and each
+member's own guided output (each member guided by its recorded guide, at the same scale), which
+``models.ensemble.Ensemble`` gives in one call. The student starts as the first teacher.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ from .distributed import optimizer_to, select_device
 from .ema import EMA
 from .errors import CatdogError
 from .generate import SHIPPED_TEACHER, check_scales, sample_latents
+from .models.ensemble import Ensemble
 from .runs import prepare_run, write_metrics
 from .train_vae import encode_training_set
 
@@ -61,7 +67,21 @@ def check(cfg: DistillConfig) -> None:
         raise CatdogError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.max_minutes is not None and not cfg.max_minutes > 0:
         raise CatdogError(f"--max-minutes must be positive, got {cfg.max_minutes}")
+    if cfg.member_weights:
+        weights = cfg.member_weights
+        if len(weights) != 1 + len(cfg.members):
+            raise CatdogError(f"--member-weights needs {1 + len(cfg.members)} values (the "
+                              f"teacher's and one per --member), got {len(weights)}")  # fmt: skip
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or abs(sum(weights) - 1) > 1e-6:
+            raise CatdogError(f"--member-weights must be numbers >= 0 summing to 1, got "
+                              f"{','.join(map(str, weights))}")  # fmt: skip
     check_scales(guidance=cfg.guidance)
+
+
+def ensemble_weights(cfg: DistillConfig) -> list[float]:
+    """The teacher's weight, then each member's (equal when not given)."""
+    n = 1 + len(cfg.members)
+    return list(cfg.member_weights) if cfg.member_weights else [1 / n] * n
 
 
 def teacher_path(cfg: DistillConfig) -> str:
@@ -95,6 +115,34 @@ def teacher_of(cfg: DistillConfig) -> tuple[Any, ...]:
     return model_path, teacher, schedule, record, vae, vae_path, guide, guidance
 
 
+def members_of(cfg: DistillConfig, schedule: Any, vae_path: str,
+               classifier_free: bool) -> list[tuple[str, Any, Any]]:  # fmt: skip
+    """Each ``--member``: its path, its network and its recorded guide (none when the teacher's
+    guidance is classifier-free), checked to share the teacher's schedule and latent space."""
+    members = []
+    for path in cfg.members:
+        member, member_schedule, member_record = checkpoint.load_diffusion(path)
+        if member_record.get("distilled"):
+            raise CatdogError(f"--member {path} is guidance-distilled; give the model it was "
+                              "distilled from")  # fmt: skip
+        if member.cfg.subclasses > 1 or member.cfg.self_condition:
+            raise CatdogError(f"--member {path} has sub-classes or self-conditioning, which "
+                              "distillation does not support")  # fmt: skip
+        if member_schedule.cfg != schedule.cfg:
+            raise CatdogError(f"--member {path} has another noise schedule than the teacher")
+        checkpoint.find_vae(path, member_record, vae_path)  # refuses another latent space
+        guide, _ = checkpoint.find_guide(path, member_record, "none" if classifier_free else None)
+        if guide is None and not classifier_free:
+            raise CatdogError(f"--member {path} has no recorded guide; each member is guided by "
+                              "its own (or give the teacher --guide-path none)")  # fmt: skip
+        members.append((path, member, guide))
+    return members
+
+
+def link_of(path: str, net: torch.nn.Module) -> dict[str, str]:
+    return {"path": str(Path(path).resolve()), "sha256": checkpoint.content_hash(net.state_dict())}
+
+
 def distill(cfg: DistillConfig, *, resume: bool = False,
             given: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Train (or, with ``resume``, continue) a student; returns the last logged record.
@@ -108,11 +156,18 @@ def distill(cfg: DistillConfig, *, resume: bool = False,
                              state_kind=KIND_STATE, what="distillation", given=given)  # fmt: skip
     check(cfg)
     model_path, teacher, schedule, record, vae, vae_path, guide, guidance = teacher_of(cfg)
-    teacher_link = {"path": str(Path(model_path).resolve()),
-                    "sha256": checkpoint.content_hash(teacher.state_dict())}  # fmt: skip
+    members = members_of(cfg, schedule, vae_path, classifier_free=guide is None)
+    teacher_link = link_of(model_path, teacher)
     distilled = {"teacher": teacher_link, "guidance": guidance,
                  "guide_sha256": None if guide is None else checkpoint.content_hash(
                      guide.state_dict())}  # fmt: skip
+    if members:
+        distilled["members"] = [
+            {**link_of(path, member), "guide_sha256": None if member_guide is None
+             else checkpoint.content_hash(member_guide.state_dict())}
+            for path, member, member_guide in members
+        ]  # fmt: skip
+        distilled["weights"] = ensemble_weights(cfg)
     if state is not None:  # the paths may have moved; the networks must be the same
         started = state["distilled"]
         if started["teacher"]["sha256"] != teacher_link["sha256"]:
@@ -120,6 +175,10 @@ def distill(cfg: DistillConfig, *, resume: bool = False,
                               "from")  # fmt: skip
         if started["guide_sha256"] != distilled["guide_sha256"]:
             raise CatdogError("the guide is not the one this distillation run started from")
+        hashes = [(m["sha256"], m["guide_sha256"]) for m in distilled.get("members", [])]
+        if hashes != [(m["sha256"], m["guide_sha256"]) for m in started.get("members", [])]:
+            raise CatdogError("the --member models are not the ones this distillation run "
+                              "started from")  # fmt: skip
     vae_link = checkpoint.vae_link(vae, str(Path(vae_path).resolve()))
     save_dir = Path(cfg.save_dir)
     # The teacher and guide were loaded for sampling (channels-last); train in NCHW as
@@ -128,6 +187,18 @@ def distill(cfg: DistillConfig, *, resume: bool = False,
     teacher = teacher.to(device, memory_format=torch.contiguous_format)
     if guide is not None:
         guide = guide.to(device, memory_format=torch.contiguous_format)
+    # What the student learns: the teacher's guided output, or the ensemble's (the weighted
+    # mean of each member's own guided output, since guidance is linear in both networks).
+    target_net, target_guide = teacher, guide
+    if members:
+        weights = ensemble_weights(cfg)
+        nets = [teacher, *(m.to(device, memory_format=torch.contiguous_format)
+                           for _, m, _ in members)]  # fmt: skip
+        target_net = Ensemble(nets, weights)
+        if guide is not None:
+            guides = [guide, *(g.to(device, memory_format=torch.contiguous_format)
+                               for _, _, g in members)]  # fmt: skip
+            target_guide = Ensemble(guides, weights)
 
     real, real_labels = torch.empty(0), torch.empty(0, dtype=torch.long)
     if cfg.generated_fraction < 1:
@@ -140,8 +211,8 @@ def distill(cfg: DistillConfig, *, resume: bool = False,
     elif cfg.generated_fraction > 0:
         pool_labels = torch.arange(cfg.generated) % 2  # cats and dogs alike
         seeds = list(range(POOL_SEED, POOL_SEED + cfg.generated))  # the same pool for any seed
-        pool = sample_latents(teacher, schedule, pool_labels, seeds, sampler="dpmpp", steps=20,
-                              guidance=guidance, guide=guide, batch_size=100,
+        pool = sample_latents(target_net, schedule, pool_labels, seeds, sampler="dpmpp",
+                              steps=20, guidance=guidance, guide=target_guide, batch_size=100,
                               progress=cfg.progress, device=device).cpu()  # fmt: skip
     else:
         pool, pool_labels = torch.empty(0), torch.empty(0, dtype=torch.long)
@@ -191,7 +262,8 @@ def distill(cfg: DistillConfig, *, resume: bool = False,
         x0, noise, t, labels = x0.to(device), noise.to(device), t.to(device), labels.to(device)
         x_t = schedule.add_noise(x0, noise, t)
         with torch.no_grad():
-            target = guided_output(teacher, x_t, t, labels, guidance, teacher.null_label, guide)
+            target = guided_output(target_net, x_t, t, labels, guidance, teacher.null_label,
+                                   target_guide)  # fmt: skip
         loss = F.mse_loss(student(x_t, t, labels), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
