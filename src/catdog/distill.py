@@ -140,6 +140,7 @@ def members_of(cfg: DistillConfig, schedule: Any, vae_path: str,
 
 
 def link_of(path: str, net: torch.nn.Module) -> dict[str, str]:
+    """A network's record: its resolved path and content hash."""
     return {"path": str(Path(path).resolve()), "sha256": checkpoint.content_hash(net.state_dict())}
 
 
@@ -157,6 +158,7 @@ def distill(cfg: DistillConfig, *, resume: bool = False,
     check(cfg)
     model_path, teacher, schedule, record, vae, vae_path, guide, guidance = teacher_of(cfg)
     members = members_of(cfg, schedule, vae_path, classifier_free=guide is None)
+    weights = ensemble_weights(cfg)
     teacher_link = link_of(model_path, teacher)
     distilled = {"teacher": teacher_link, "guidance": guidance,
                  "guide_sha256": None if guide is None else checkpoint.content_hash(
@@ -167,7 +169,7 @@ def distill(cfg: DistillConfig, *, resume: bool = False,
              else checkpoint.content_hash(member_guide.state_dict())}
             for path, member, member_guide in members
         ]  # fmt: skip
-        distilled["weights"] = ensemble_weights(cfg)
+        distilled["weights"] = weights
     if state is not None:  # the paths may have moved; the networks must be the same
         started = state["distilled"]
         if started["teacher"]["sha256"] != teacher_link["sha256"]:
@@ -191,7 +193,6 @@ def distill(cfg: DistillConfig, *, resume: bool = False,
     # mean of each member's own guided output, since guidance is linear in both networks).
     target_net, target_guide = teacher, guide
     if members:
-        weights = ensemble_weights(cfg)
         nets = [teacher, *(m.to(device, memory_format=torch.contiguous_format)
                            for _, m, _ in members)]  # fmt: skip
         target_net = Ensemble(nets, weights)
